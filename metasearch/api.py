@@ -1,0 +1,247 @@
+"""The contracts plugins, search spaces and data sets implement.
+
+Three abstract base classes, each registered through an entry-point group
+(see `metasearch.registry`):
+
+* `MetaLearner` (`metasearch.plugins`): how a few-shot learner adapts to a
+  support set and predicts for a query set, and what it optimises when
+  meta-training.
+* `SearchSpace` (`metasearch.search_spaces`): a family of backbones mapping
+  images to feature vectors.
+* `Dataset` (`metasearch.datasets`): where classes of images come from and how
+  they split into meta-train, meta-validation and meta-test class sets.
+
+The core owns everything around them: flags, `tf.function` and XLA boundaries,
+optimisers, episodes, trial bookkeeping and export. Plugin code is pure tensor
+code: it must not call `tf.function`, read flags, or touch files.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import keras
+import keras_tuner
+import numpy as np
+import tensorflow as tf
+
+Config = Mapping[str, Any]
+
+
+class Episode(NamedTuple):
+    """One N-way K-shot Q-query classification task.
+
+    Images are float32 `[n, height, width, channels]`, already resized and
+    normalised by the core. Labels are int32 in `0..N-1`; the support set holds
+    K images of each of the N classes and the query set Q of each, in no
+    particular order.
+    """
+
+    support_images: tf.Tensor
+    support_labels: tf.Tensor
+    query_images: tf.Tensor
+    query_labels: tf.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """The shape of the episodes a learner is meta-trained on.
+
+    `image_shape` is `(height, width, channels)` of the images the learner
+    receives. Evaluation and exported models may use other N and K.
+    """
+
+    n_way: int
+    k_shot: int
+    n_query: int
+    image_shape: tuple[int, int, int]
+
+
+class SearchSpace(abc.ABC):
+    """A family of backbones: images `[batch, h, w, c]` to features `[batch, d]`.
+
+    Contract:
+    * `sample_config(hp)` declares the architecture's hyperparameters on the
+      keras-tuner `HyperParameters` object and returns the sampled values as a
+      JSON-serialisable dict. Called once at search start (to declare the
+      space) and once per trial with that trial's values; it must be
+      deterministic given `hp`'s values. Names should be prefixed with the
+      search space's name to stay unique.
+    * `build(config, input_shape)` returns an unbuilt-or-built `keras.Model`
+      (or layer) whose call `(images, training=...)` maps normalised images of
+      `input_shape` to a float32 `[batch, d]` feature matrix. The model must be
+      traceable under `tf.function` with a variable batch size and compilable
+      with XLA (`jit_compile=True`).
+    * `describe(config)` returns a short human-readable architecture string
+      for leaderboards, e.g. `"conv4-64"`.
+    """
+
+    @classmethod
+    @abc.abstractmethod
+    def sample_config(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
+        """Declares hyperparameters on `hp` and returns the sampled architecture."""
+
+    @classmethod
+    @abc.abstractmethod
+    def build(cls, config: Config, input_shape: tuple[int, int, int]) -> keras.layers.Layer:
+        """Returns the backbone for `config` on inputs of `input_shape`."""
+
+    @classmethod
+    def describe(cls, config: Config) -> str:
+        """Short architecture string for leaderboards."""
+        return ",".join(f"{k}={v}" for k, v in sorted(config.items()))
+
+
+class MetaLearner(keras.layers.Layer, abc.ABC):
+    """A few-shot learner built around a backbone from a search space.
+
+    Constructed as `Plugin(backbone, config, task)` where `config` is what
+    `sample_config` returned for the trial and `task` the meta-training
+    `TaskSpec`. Subclasses create their own layers in `__init__`; the core
+    builds variables by calling `adapt` and `predict` once before training.
+
+    Contract for every method below:
+    * Images are float32 `[n, h, w, c]`, resized and normalised by the core;
+      labels are int32 `[n]` in `0..num_classes-1`.
+    * Bodies are pure tensor code (TensorFlow or `keras.ops`): no
+      `tf.function`, no Python side effects that depend on tensor values, and
+      nothing XLA cannot compile when `num_classes` is a Python int. The core
+      traces them inside its own `tf.function`s, with and without XLA.
+    * `num_classes` is a Python int during meta-training and evaluation and a
+      scalar int32 tensor inside exported SavedModels; handle both.
+    """
+
+    @classmethod
+    @abc.abstractmethod
+    def sample_config(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
+        """Declares the learner's searchable hyperparameters; returns sampled values.
+
+        Same rules as `SearchSpace.sample_config`: JSON-serialisable, names
+        prefixed with the plugin's name, deterministic given `hp`'s values.
+        """
+
+    def __init__(self, backbone: keras.layers.Layer, config: Config, task: TaskSpec, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.config = dict(config)
+        self.task = task
+
+    @abc.abstractmethod
+    def adapt(
+        self,
+        support_images: tf.Tensor,
+        support_labels: tf.Tensor,
+        num_classes: int | tf.Tensor,
+        training: bool = False,
+    ) -> Any:
+        """Adapts to a support set; returns a task state (a nest of tensors).
+
+        The state is whatever `predict` needs: prototypes for metric learners,
+        fast weights for gradient-based ones.
+        """
+
+    @abc.abstractmethod
+    def predict(self, task_state: Any, query_images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Returns float32 logits `[num_query, num_classes]` for the query images."""
+
+    @abc.abstractmethod
+    def embed(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Returns float32 embeddings `[n, d]` of the images (the exported `embed`)."""
+
+    def meta_train_loss(self, episode: Episode) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """Returns `(scalar loss, metrics)` for one meta-training episode.
+
+        The core differentiates the loss with respect to `trainable_variables`
+        and applies its optimiser. `metrics` maps names to scalar tensors
+        (at least `accuracy`). The default is the query cross-entropy of
+        `predict(adapt(support))` in training mode.
+        """
+        state = self.adapt(
+            episode.support_images, episode.support_labels, self.task.n_way, training=True
+        )
+        logits = self.predict(state, episode.query_images, training=True)
+        loss = tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=episode.query_labels, logits=logits)
+        )
+        return loss, {"accuracy": accuracy(logits, episode.query_labels)}
+
+
+def accuracy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Mean top-1 accuracy of `logits [n, c]` against int labels `[n]`."""
+    predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return tf.reduce_mean(tf.cast(tf.equal(predicted, labels), tf.float32))
+
+
+@dataclasses.dataclass
+class ClassSet:
+    """The images of one class set (meta-train, meta-validation or meta-test).
+
+    `images` is float32 `[num_classes, images_per_class, h, w, c]` in [0, 1],
+    already at the model's image size; `names` names each class (e.g.
+    `Greek/character05`).
+    """
+
+    images: np.ndarray
+    names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def images_per_class(self) -> int:
+        return int(self.images.shape[1])
+
+
+@dataclasses.dataclass
+class ClassSplits:
+    """Disjoint meta-train, meta-validation and meta-test class sets."""
+
+    train: ClassSet
+    val: ClassSet
+    test: ClassSet
+
+    def items(self):
+        return (("train", self.train), ("val", self.val), ("test", self.test))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetOptions:
+    """What the core passes a data set: resolved from flags, never read from them.
+
+    `image_size` is the model's square input size; loaders return images
+    resized to it with `metasearch.data.preprocess.resize` (the same op the
+    exported model applies in-graph). `options` holds the data set's own
+    settings (e.g. which Omniglot archives form which class set).
+    """
+
+    data_dir: str | None
+    image_size: int
+    seed: int
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Dataset(abc.ABC):
+    """A source of image classes for few-shot episodes.
+
+    Contract:
+    * `channels` is the channel count of the images as decoded from the data
+      set's files (exported models expect it).
+    * `load()` returns `ClassSplits` with disjoint class sets, images float32
+      in [0, 1] at `options.image_size`. Bad input (missing folders, corrupt
+      archives, undecodable files, unknown names) raises
+      `metasearch.errors.UsageError` naming the flag or file.
+    * `load()` never downloads anything.
+    """
+
+    channels: int = 1
+
+    def __init__(self, options: DatasetOptions):
+        self.options = options
+
+    @abc.abstractmethod
+    def load(self) -> ClassSplits:
+        """Returns the class sets."""

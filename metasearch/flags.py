@@ -1,0 +1,208 @@
+"""Every absl flag of metasearch, and their resolution into a `RunConfig`.
+
+This is the only module that defines or reads flags. Library code receives
+the resolved `RunConfig` (or plain arguments) instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+# --- what to search -------------------------------------------------------
+flags.DEFINE_string("dataset", "glyphs", "Data set name (entry point in metasearch.datasets).")
+flags.DEFINE_string("data_dir", None, "Folder with the data set's files (omniglot: its zips).")
+flags.DEFINE_string("plugin", "protonet", "Meta-learner name (entry point in metasearch.plugins).")
+flags.DEFINE_string(
+    "search_space", "conv_blocks", "Search space name (entry point in metasearch.search_spaces)."
+)
+flags.DEFINE_enum(
+    "strategy", "random", ["random", "bayesian", "grid"], "keras-tuner oracle sampling trials."
+)
+flags.DEFINE_integer("max_trials", 4, "Number of trials (architectures) to run.", lower_bound=1)
+flags.DEFINE_integer(
+    "episodes_per_trial", 500, "Meta-training episodes per trial.", lower_bound=1
+)
+flags.DEFINE_integer(
+    "eval_episodes", 200, "Meta-validation episodes scoring each trial.", lower_bound=1
+)
+
+# --- episodes -------------------------------------------------------------
+flags.DEFINE_integer("n_way", 5, "Classes per evaluation episode (N).", lower_bound=2)
+flags.DEFINE_integer("k_shot", 1, "Support images per class (K).", lower_bound=1)
+flags.DEFINE_integer("n_query", 15, "Query images per class (Q).", lower_bound=1)
+flags.DEFINE_integer(
+    "train_n_way",
+    None,
+    "Classes per meta-training episode; defaults to --n_way. Training with more "
+    "classes than at test time (Snell et al.) often helps.",
+    lower_bound=2,
+)
+flags.DEFINE_integer("image_size", 28, "Square size images are resized to.", lower_bound=4)
+flags.DEFINE_integer("seed", 0, "Seed for trials, weights and episodes.")
+
+# --- output ---------------------------------------------------------------
+flags.DEFINE_string("output_dir", "runs/metasearch", "Where the search writes everything.")
+flags.DEFINE_bool(
+    "overwrite", False, "Start over in --output_dir, deleting an earlier run's results."
+)
+flags.DEFINE_enum(
+    "jit_compile",
+    "auto",
+    ["auto", "true", "false"],
+    "XLA for training and adaptation steps; auto: XLA on GPU, graph mode on CPU.",
+)
+flags.DEFINE_bool("progress", True, "Show a progress display while trials run.")
+
+# --- data-set options -----------------------------------------------------
+flags.DEFINE_integer("glyphs_classes", 1200, "glyphs: number of generated classes.")
+flags.DEFINE_integer("glyphs_images_per_class", 20, "glyphs: images per class.")
+flags.DEFINE_list(
+    "omniglot_train",
+    [],
+    "omniglot: meta-train classes, items ARCHIVE or ARCHIVE/ALPHABET, -ITEM removes. "
+    "Unset splits share the unclaimed alphabets.",
+)
+flags.DEFINE_list("omniglot_val", [], "omniglot: meta-validation classes (as --omniglot_train).")
+flags.DEFINE_list("omniglot_test", [], "omniglot: meta-test classes (as --omniglot_train).")
+flags.DEFINE_enum(
+    "omniglot_rotations",
+    "none",
+    ["none", "train", "all"],
+    "omniglot: add 90/180/270-degree rotations as new classes, in no, the meta-train, or every class set.",
+)
+
+# --- export subcommand ----------------------------------------------------
+flags.DEFINE_string("trial", "best", "export: trial id to export, or 'best'.")
+flags.DEFINE_string(
+    "export_dir", None, "export: where to write the SavedModel (default inside --output_dir)."
+)
+
+# Flags that change what a run computes. A rerun into an existing output
+# directory must agree on all of them; --max_trials may grow to extend a search.
+IDENTITY_FLAGS = (
+    "dataset",
+    "data_dir",
+    "plugin",
+    "search_space",
+    "strategy",
+    "episodes_per_trial",
+    "eval_episodes",
+    "n_way",
+    "k_shot",
+    "n_query",
+    "train_n_way",
+    "image_size",
+    "seed",
+    "glyphs_classes",
+    "glyphs_images_per_class",
+    "omniglot_train",
+    "omniglot_val",
+    "omniglot_test",
+    "omniglot_rotations",
+)
+RUN_FLAGS = IDENTITY_FLAGS + ("max_trials", "output_dir", "jit_compile", "progress")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The resolved configuration of a search run (what library code receives)."""
+
+    dataset: str
+    data_dir: str | None
+    plugin: str
+    search_space: str
+    strategy: str
+    max_trials: int
+    episodes_per_trial: int
+    eval_episodes: int
+    n_way: int
+    k_shot: int
+    n_query: int
+    train_n_way: int
+    image_size: int
+    seed: int
+    output_dir: str
+    overwrite: bool
+    jit_compile: str
+    progress: bool
+    dataset_options: dict[str, Any]
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the run it continues."""
+        values = dataclasses.asdict(self)
+        identity = {name: values[name] for name in IDENTITY_FLAGS if name in values}
+        identity["dataset_options"] = values["dataset_options"]
+        return identity
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def dataset_options(dataset: str) -> dict[str, Any]:
+    """The data set's own options, from its flags."""
+    if dataset == "glyphs":
+        return {
+            "num_classes": FLAGS.glyphs_classes,
+            "images_per_class": FLAGS.glyphs_images_per_class,
+        }
+    if dataset == "omniglot":
+        return {
+            "train": list(FLAGS.omniglot_train),
+            "val": list(FLAGS.omniglot_val),
+            "test": list(FLAGS.omniglot_test),
+            "rotations": FLAGS.omniglot_rotations,
+        }
+    return {}
+
+
+def resolve() -> RunConfig:
+    """Reads the parsed flags into a `RunConfig`."""
+    return RunConfig(
+        dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir,
+        plugin=FLAGS.plugin,
+        search_space=FLAGS.search_space,
+        strategy=FLAGS.strategy,
+        max_trials=FLAGS.max_trials,
+        episodes_per_trial=FLAGS.episodes_per_trial,
+        eval_episodes=FLAGS.eval_episodes,
+        n_way=FLAGS.n_way,
+        k_shot=FLAGS.k_shot,
+        n_query=FLAGS.n_query,
+        train_n_way=FLAGS.train_n_way or FLAGS.n_way,
+        image_size=FLAGS.image_size,
+        seed=FLAGS.seed,
+        output_dir=FLAGS.output_dir,
+        overwrite=FLAGS.overwrite,
+        jit_compile=FLAGS.jit_compile,
+        progress=FLAGS.progress,
+        dataset_options=dataset_options(FLAGS.dataset),
+    )
+
+
+def flagfile_text() -> str:
+    """The run's flags as a flagfile that repeats it (`--flagfile=PATH`)."""
+    lines = ["# Repeat this run: metasearch --flagfile=THIS_FILE"]
+    for name in RUN_FLAGS:
+        flag = FLAGS[name]
+        if flag.value is None:
+            continue
+        lines.append(flag.serialize())
+    return "\n".join(lines) + "\n"
+
+
+def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """`--name: old -> new` for the first few settings that differ."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            changed.append(
+                f"--{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
+            )
+    return "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")

@@ -1,0 +1,76 @@
+"""The progress display of a running search.
+
+On a terminal one line per trial updates in place; in a log (not a TTY) a
+line is written every quarter of a trial, so CI logs stay short.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+class Progress:
+    """Prints trial starts, a progress bar per trial, and trial results."""
+
+    def __init__(self, max_trials: int, enabled: bool = True, stream: TextIO = sys.stdout):
+        self.max_trials = max_trials
+        self.enabled = enabled
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._started = 0.0
+        self._last_quarter = -1
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+    def search_started(self, config, jit_compile: bool, done: int = 0) -> None:
+        mode = "XLA" if jit_compile else "graph mode"
+        resumed = f", resuming after {done} finished trials" if done else ""
+        self._write(
+            f"metasearch: {config.plugin} x {config.search_space} on {config.dataset}, "
+            f"{config.max_trials} trials of {config.episodes_per_trial} episodes "
+            f"({config.train_n_way}-way {config.k_shot}-shot {config.n_query}-query), "
+            f"{mode}{resumed}\n  output: {config.output_dir}\n"
+        )
+
+    def trial_started(self, trial_id: str, record: dict[str, Any]) -> None:
+        self._started = time.time()
+        self._last_quarter = -1
+        learner = ", ".join(f"{k}={v}" for k, v in sorted(record["plugin_config"].items()))
+        self._write(f"trial {trial_id}/{self.max_trials}: {record['architecture']} / {learner}\n")
+
+    def trial_step(self, trial_id: str, step: int, total: int, loss: float, accuracy: float) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(time.time() - self._started, 1e-9)
+        filled = int(20 * step / total)
+        bar = "#" * filled + "." * (20 - filled)
+        line = (
+            f"  [{bar}] {step}/{total} episodes  loss {loss:.3f}  acc {100 * accuracy:5.1f}%  "
+            f"{step / elapsed:5.1f} episodes/s"
+        )
+        if self.tty:
+            self._write("\r" + line)
+            return
+        quarter = (4 * step) // total
+        if quarter != self._last_quarter:
+            self._last_quarter = quarter
+            self._write(line + "\n")
+
+    def _end_line(self) -> None:
+        if self.enabled and self.tty:
+            self._write("\n")
+
+    def trial_finished(self, trial_id: str, record: dict[str, Any]) -> None:
+        self._end_line()
+        self._write(
+            f"  -> val accuracy {100 * record['val_accuracy']:.2f} ± {100 * record['val_ci95']:.2f}% "
+            f"({record['parameters']:,} parameters, {record['wall_seconds']:.0f}s)\n"
+        )
+
+    def trial_failed(self, trial_id: str, error: str) -> None:
+        self._end_line()
+        self._write(f"  -> FAILED: {error}\n")

@@ -1,0 +1,60 @@
+"""The one registry of plugins, search spaces and data sets, fed by entry points.
+
+Built-ins are registered exactly like third-party packages: through the
+`metasearch.plugins`, `metasearch.search_spaces` and `metasearch.datasets`
+entry-point groups declared in a package's metadata.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import metadata
+
+from metasearch.errors import UsageError
+
+GROUPS = {
+    "plugin": "metasearch.plugins",
+    "search_space": "metasearch.search_spaces",
+    "dataset": "metasearch.datasets",
+}
+
+
+class DuplicateNameError(RuntimeError):
+    """Two installed packages register the same name in one group."""
+
+
+@functools.cache
+def _entry_points(kind: str) -> dict[str, metadata.EntryPoint]:
+    group = GROUPS[kind]
+    found: dict[str, metadata.EntryPoint] = {}
+    for entry_point in metadata.entry_points(group=group):
+        previous = found.get(entry_point.name)
+        # The same distribution can be seen twice (e.g. an editable install
+        # shadowing a regular one); only different targets are a conflict.
+        if previous is not None and previous.value != entry_point.value:
+            raise DuplicateNameError(
+                f"{group}: the name {entry_point.name!r} is registered twice, by "
+                f"{previous.value} and {entry_point.value}"
+            )
+        found[entry_point.name] = entry_point
+    return found
+
+
+def names(kind: str) -> list[str]:
+    """Sorted names registered for `kind` ('plugin', 'search_space' or 'dataset')."""
+    return sorted(_entry_points(kind))
+
+
+def load(kind: str, name: str, flag: str | None = None):
+    """Returns the class registered as `name`; unknown names fail with the known ones."""
+    entry_points = _entry_points(kind)
+    if name not in entry_points:
+        known = ", ".join(names(kind)) or "none installed"
+        where = f"--{flag}" if flag else GROUPS[kind]
+        raise UsageError(f"{where}: unknown {kind.replace('_', ' ')} {name!r}; known: {known}")
+    return entry_points[name].load()
+
+
+def clear_cache() -> None:
+    """Forgets the scanned entry points (after installing a package at run time)."""
+    _entry_points.cache_clear()

@@ -1,0 +1,155 @@
+"""Meta-training and evaluation: the core's `tf.function` and XLA boundaries.
+
+Plugins provide pure tensor code (`MetaLearner.meta_train_loss`, `adapt`,
+`predict`); this module wraps it in compiled functions, applies the
+optimiser, watches for divergence and scores held-out episodes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from metasearch.api import Episode, MetaLearner
+from metasearch.data.preprocess import normalize
+
+JIT_CHOICES = ("auto", "true", "false")
+
+
+class DivergedError(RuntimeError):
+    """The meta-training loss became NaN or infinite."""
+
+
+def has_gpu() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_jit_compile(mode: str) -> bool:
+    """`auto` compiles with XLA on GPU and runs plain graphs on CPU.
+
+    On CPU, XLA measured slower here for both metric learners (about 1.4-1.8x)
+    and MAML (about 1.2x); see benchmarks/throughput.py.
+    """
+    mode = str(mode).lower()
+    if mode == "auto":
+        return has_gpu()
+    if mode in ("true", "1", "yes"):
+        return True
+    if mode in ("false", "0", "no"):
+        return False
+    raise ValueError(f"jit_compile must be one of {JIT_CHOICES}, got {mode!r}")
+
+
+def count_parameters(learner: MetaLearner) -> int:
+    return int(sum(np.prod(v.shape) for v in learner.trainable_variables))
+
+
+class MetaTrainer:
+    """Meta-trains one learner with Adam under a cosine learning-rate decay.
+
+    `normalization` is the `(mean, std)` applied to every image before the
+    learner sees it (the exported model applies the same).
+    """
+
+    def __init__(
+        self,
+        learner: MetaLearner,
+        normalization: tuple[float, float],
+        learning_rate: float,
+        total_steps: int,
+        jit_compile: bool,
+    ):
+        self.learner = learner
+        self.mean, self.std = (float(v) for v in normalization)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=max(1, total_steps), alpha=0.05
+        )
+        self.optimizer = keras.optimizers.Adam(schedule)
+        self.jit_compile = jit_compile
+        self.train_step = tf.function(self._train_step, jit_compile=jit_compile)
+        self.eval_step = tf.function(self._eval_step, jit_compile=jit_compile)
+        self.adapt_step = tf.function(self._adapt_step, jit_compile=jit_compile)
+
+    def _normalize(self, episode: Episode) -> Episode:
+        return episode._replace(
+            support_images=normalize(episode.support_images, self.mean, self.std),
+            query_images=normalize(episode.query_images, self.mean, self.std),
+        )
+
+    def build(self, episode: Episode) -> None:
+        """Creates the learner's and optimiser's variables from one episode (eagerly)."""
+        episode = self._normalize(episode)
+        num_classes = int(tf.reduce_max(episode.support_labels)) + 1
+        self.learner.meta_train_loss(episode)
+        state = self.learner.adapt(episode.support_images, episode.support_labels, num_classes)
+        self.learner.predict(state, episode.query_images)
+        self.learner.embed(episode.query_images)
+        self.optimizer.build(self.learner.trainable_variables)
+
+    def _train_step(self, episode: Episode):
+        episode = self._normalize(episode)
+        variables = self.learner.trainable_variables
+        with tf.GradientTape() as tape:
+            loss, metrics = self.learner.meta_train_loss(episode)
+        gradients = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return loss, metrics
+
+    def _adapt_step(self, support_images, support_labels, query_images, num_classes: int):
+        support_images = normalize(support_images, self.mean, self.std)
+        query_images = normalize(query_images, self.mean, self.std)
+        state = self.learner.adapt(support_images, support_labels, num_classes)
+        return self.learner.predict(state, query_images)
+
+    def _eval_step(self, episode: Episode, num_classes: int):
+        logits = self._adapt_step(
+            episode.support_images, episode.support_labels, episode.query_images, num_classes
+        )
+        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return tf.reduce_mean(tf.cast(tf.equal(predicted, episode.query_labels), tf.float32))
+
+    def train(
+        self,
+        episodes: tf.data.Dataset,
+        steps: int,
+        on_progress: Callable[[int, float, float], None] | None = None,
+        check_every: int = 20,
+    ) -> dict[str, float]:
+        """Runs `steps` meta-training steps; raises `DivergedError` on a non-finite loss.
+
+        `on_progress(step, loss, accuracy)` is called every `check_every` steps.
+        Returns the mean loss and accuracy over the last tenth of training.
+        """
+        losses, accuracies = [], []
+        pending = []
+        start = time.perf_counter()
+        for step, episode in enumerate(episodes.take(steps), start=1):
+            loss, metrics = self.train_step(episode)
+            pending.append((loss, metrics["accuracy"]))
+            # Reading values back forces a sync; batch it to keep steps flowing.
+            if step % check_every == 0 or step == steps:
+                values = [(float(l), float(a)) for l, a in pending]
+                pending.clear()
+                for loss_value, accuracy_value in values:
+                    if not math.isfinite(loss_value):
+                        raise DivergedError(f"meta-training loss became {loss_value} by episode {step}")
+                    losses.append(loss_value)
+                    accuracies.append(accuracy_value)
+                if on_progress is not None:
+                    on_progress(step, losses[-1], float(np.mean(accuracies[-check_every:])))
+        tail = max(1, len(losses) // 10)
+        return {
+            "train_loss": float(np.mean(losses[-tail:])) if losses else float("nan"),
+            "train_accuracy": float(np.mean(accuracies[-tail:])) if accuracies else float("nan"),
+            "train_seconds": time.perf_counter() - start,
+        }
+
+    def evaluate(self, episodes: tf.data.Dataset, num_classes: int) -> np.ndarray:
+        """Per-episode query accuracy over a finite episode stream."""
+        results = [self.eval_step(episode, num_classes) for episode in episodes]
+        return np.array([float(r) for r in results], np.float64)

@@ -1,0 +1,1 @@
+"""Built-in meta-learner plugins, registered through the `metasearch.plugins` entry points."""

@@ -1,0 +1,1 @@
+"""Built-in search spaces, registered through the `metasearch.search_spaces` entry points."""

@@ -1,0 +1,50 @@
+"""Installs metasearch.
+
+`plugins/` and `search_spaces/` are shipped as `metasearch.plugins` and
+`metasearch.search_spaces` so that installing never claims those generic
+top-level names. Built-in plugins, search spaces and data sets register
+through the same entry-point groups a third-party package uses.
+"""
+
+from setuptools import setup
+
+setup(
+    name="metasearch",
+    version="0.1.0",
+    description="Architecture and metric search for few-shot learners, with meta-learners as plugins.",
+    python_requires=">=3.10",
+    packages=[
+        "metasearch",
+        "metasearch.data",
+        "metasearch.plugins",
+        "metasearch.search_spaces",
+    ],
+    package_dir={
+        "metasearch": "metasearch",
+        "metasearch.plugins": "plugins",
+        "metasearch.search_spaces": "search_spaces",
+    },
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3",
+        "keras-tuner>=1.4",
+        "tensorflow-probability>=0.24",
+        "absl-py>=1.0",
+        "numpy",
+        "pillow",
+    ],
+    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
+    entry_points={
+        "console_scripts": ["metasearch = metasearch.cli:run"],
+        "metasearch.plugins": [
+            "protonet = metasearch.plugins.protonet:PrototypicalNetworks",
+        ],
+        "metasearch.search_spaces": [
+            "conv_blocks = metasearch.search_spaces.conv_blocks:ConvBlocks",
+        ],
+        "metasearch.datasets": [
+            "glyphs = metasearch.data.glyphs:Glyphs",
+            "omniglot = metasearch.data.omniglot:Omniglot",
+        ],
+    },
+)
