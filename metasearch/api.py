@@ -144,7 +144,9 @@ class MetaLearner(keras.layers.Layer, abc.ABC):
         """
 
     @abc.abstractmethod
-    def predict(self, task_state: Any, query_images: tf.Tensor, training: bool = False) -> tf.Tensor:
+    def predict(
+        self, task_state: Any, query_images: tf.Tensor, training: bool = False
+    ) -> tf.Tensor:
         """Returns float32 logits `[num_query, num_classes]` for the query images."""
 
     @abc.abstractmethod
@@ -164,7 +166,9 @@ class MetaLearner(keras.layers.Layer, abc.ABC):
         )
         logits = self.predict(state, episode.query_images, training=True)
         loss = tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=episode.query_labels, logits=logits)
+            tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=episode.query_labels, logits=logits
+            )
         )
         return loss, {"accuracy": accuracy(logits, episode.query_labels)}
 

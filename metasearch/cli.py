@@ -6,10 +6,12 @@ problem and exit status 2.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from metasearch import flags as ms_flags
 from metasearch.errors import UsageError
@@ -23,18 +25,52 @@ def fail(message: str) -> None:
     sys.exit(UsageError.exit_code)
 
 
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return ms_flags.FLAGS(argv)
     except flags.Error as error:
         fail(str(error).splitlines()[0])
+    except SystemExit:
+        # absl exits with status 1 after printing help; asking for help is no error.
+        if any(arg.split("=")[0] in HELP_FLAGS for arg in argv[1:]):
+            sys.exit(0)
+        raise
     return []
 
 
-def _quiet_tensorflow() -> None:
-    # TensorFlow's C++ start-up chatter drowns the progress display.
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Sends the process's own stderr (fd 2) to /dev/null for the duration.
+
+    TensorFlow's C++ start-up messages are printed before its logging is
+    initialised and ignore TF_CPP_MIN_LOG_LEVEL; they would drown the one-line
+    errors and the progress display. Python exceptions still surface: they
+    are printed after the context restores stderr.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _import_tensorflow_quietly() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if os.environ.get("METASEARCH_DEBUG"):
+        return
+    with _quiet_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
 
 
 def main(argv: list[str]) -> None:
@@ -42,7 +78,8 @@ def main(argv: list[str]) -> None:
     command = positional[0] if positional else "search"
     if command not in COMMANDS or len(positional) > 1:
         fail(f"unknown command {' '.join(positional)!r}; known: {', '.join(COMMANDS)}")
-    _quiet_tensorflow()
+    _import_tensorflow_quietly()
+    absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         from metasearch import controller
 
@@ -50,9 +87,9 @@ def main(argv: list[str]) -> None:
             config = ms_flags.resolve()
             controller.search(config, ms_flags.flagfile_text())
         else:
-            FLAGS = ms_flags.FLAGS
-            path = controller.export_trial(FLAGS.output_dir, FLAGS.trial, FLAGS.export_dir)
-            print(f"Exported trial {FLAGS.trial} to {path}")
+            parsed = ms_flags.FLAGS
+            path = controller.export_trial(parsed.output_dir, parsed.trial, parsed.export_dir)
+            print(f"Exported trial {parsed.trial} to {path}")
     except UsageError as error:
         fail(str(error))
 

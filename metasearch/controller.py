@@ -106,7 +106,11 @@ class Components:
             "architecture": self.space.sample_config(hp),
             "plugin": self.plugin.sample_config(hp),
             "learning_rate": hp.Float(
-                "train/learning_rate", LEARNING_RATES[0], LEARNING_RATES[1], sampling="log", default=1e-3
+                "train/learning_rate",
+                LEARNING_RATES[0],
+                LEARNING_RATES[1],
+                sampling="log",
+                default=1e-3,
             ),
         }
 
@@ -116,7 +120,7 @@ class Components:
 
 
 def check_output_dir(config: RunConfig) -> None:
-    """Fails unless the output directory can be written and belongs to this config."""
+    """Fails unless the output directory can be written."""
     path = config.output_dir
     if not path:
         raise UsageError("--output_dir: must not be empty")
@@ -127,7 +131,14 @@ def check_output_dir(config: RunConfig) -> None:
             handle.write("ok")
         os.remove(probe)
     except OSError as error:
-        raise UsageError(f"--output_dir: cannot write to {path} ({error.strerror or error})") from None
+        raise UsageError(
+            f"--output_dir: cannot write to {path} ({error.strerror or error})"
+        ) from None
+
+
+def check_same_run(config: RunConfig) -> None:
+    """Fails if the output directory holds a run of another configuration (unless --overwrite)."""
+    path = config.output_dir
     config_path = os.path.join(path, "config.json")
     if os.path.exists(config_path) and not config.overwrite:
         try:
@@ -150,7 +161,11 @@ def check_episode_shapes(config: RunConfig, splits: ClassSplits) -> None:
     needs = config.k_shot + config.n_query
     for split, class_set in splits.items():
         n_way = config.train_n_way if split == "train" else config.n_way
-        flag = "--train_n_way" if split == "train" and config.train_n_way != config.n_way else "--n_way"
+        flag = (
+            "--train_n_way"
+            if split == "train" and config.train_n_way != config.n_way
+            else "--n_way"
+        )
         if n_way > class_set.num_classes:
             raise UsageError(
                 f"{flag}={n_way}: the meta-{split} class set of {config.dataset} has only "
@@ -169,6 +184,7 @@ class Job:
     def __init__(self, config: RunConfig):
         self.config = config
         self.components = Components(config.plugin, config.search_space, config.dataset)
+        self.fixed = fixed_hyperparameters(self.components, config.fix_hparams)
         check_output_dir(config)
         options = DatasetOptions(
             data_dir=config.data_dir,
@@ -188,6 +204,7 @@ class Job:
             image_shape=(config.image_size, config.image_size, self.channels),
         )
         self.jit_compile = resolve_jit_compile(config.jit_compile)
+        check_same_run(config)
 
     @property
     def project_dir(self) -> str:
@@ -293,7 +310,13 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
             jit_compile=job.jit_compile,
         )
         train_stream = episodes.episode_dataset(
-            job.splits.train, config.train_n_way, config.k_shot, config.n_query, seed, episodes.TRAIN_STREAM
+            job.splits.train,
+            config.train_n_way,
+            config.k_shot,
+            config.n_query,
+            seed,
+            episodes.TRAIN_STREAM,
+            augment=config.augment,
         )
         trainer.build(next(iter(train_stream.take(1))))
         record["parameters"] = count_parameters(learner)
@@ -343,16 +366,53 @@ def load_weights(learner: MetaLearner, path: str) -> None:
             variable.assign(stored[f"w{index:04d}"])
 
 
-def make_oracle(strategy: str, max_trials: int, seed: int) -> keras_tuner.Oracle:
+def fixed_hyperparameters(
+    components: Components, fixed: dict[str, Any]
+) -> keras_tuner.HyperParameters:
+    """A `HyperParameters` holding `fixed` values; unknown names fail with the known ones."""
+    space = keras_tuner.HyperParameters()
+    components.sample(space)
+    known = {hp.name: hp for hp in space.space}
+    hp = keras_tuner.HyperParameters()
+    for name, value in fixed.items():
+        if name not in known:
+            raise UsageError(
+                f"--fix_hparams: unknown hyperparameter {name!r}; known: {', '.join(sorted(known))}"
+            )
+        declared = known[name]
+        if isinstance(declared, keras_tuner.engine.hyperparameters.Choice):
+            if value not in declared.values:
+                raise UsageError(
+                    f"--fix_hparams: {name}={value!r} is not one of {list(declared.values)}"
+                )
+        elif hasattr(declared, "min_value"):
+            if (
+                not isinstance(value, (int, float))
+                or not declared.min_value <= value <= declared.max_value
+            ):
+                raise UsageError(
+                    f"--fix_hparams: {name}={value!r} is outside [{declared.min_value}, {declared.max_value}]"
+                )
+        hp.Fixed(name, value)
+    return hp
+
+
+def make_oracle(
+    strategy: str,
+    max_trials: int,
+    seed: int,
+    hyperparameters: keras_tuner.HyperParameters | None = None,
+) -> keras_tuner.Oracle:
     objective = keras_tuner.Objective(OBJECTIVE, direction="max")
+    common = dict(
+        objective=objective, max_trials=max_trials, seed=seed, hyperparameters=hyperparameters
+    )
     if strategy == "random":
-        return keras_tuner.oracles.RandomSearchOracle(objective=objective, max_trials=max_trials, seed=seed)
+        return keras_tuner.oracles.RandomSearchOracle(**common)
     if strategy == "bayesian":
-        return keras_tuner.oracles.BayesianOptimizationOracle(
-            objective=objective, max_trials=max_trials, seed=seed
-        )
+        return keras_tuner.oracles.BayesianOptimizationOracle(**common)
     if strategy == "grid":
-        return keras_tuner.oracles.GridSearchOracle(objective=objective, max_trials=max_trials, seed=seed)
+        return keras_tuner.oracles.GridSearchOracle(**common)
     raise UsageError(f"--strategy: unknown strategy {strategy!r}; known: random, bayesian, grid")
 
 
@@ -469,7 +529,9 @@ def export_trial(output_dir: str, trial_id: str = "best", export_dir: str | None
         chosen = matches[0]
         if chosen["status"] != "COMPLETED":
             raise UsageError(f"--trial={trial_id}: the trial is {chosen['status']}, not COMPLETED")
-    weights_path = os.path.join(output_dir, PROJECT_NAME, f"trial_{chosen['trial_id']}", WEIGHTS_FILE)
+    weights_path = os.path.join(
+        output_dir, PROJECT_NAME, f"trial_{chosen['trial_id']}", WEIGHTS_FILE
+    )
     if not os.path.exists(weights_path):
         raise UsageError(f"--trial={chosen['trial_id']}: its weights are missing ({weights_path})")
 
@@ -550,10 +612,12 @@ def search(config: RunConfig, flagfile: str, out=sys.stdout) -> dict[str, Any]:
     job = Job(config)
     job.start(flagfile)
     progress = Progress(config.max_trials, enabled=config.progress, stream=out)
-    oracle = make_oracle(config.strategy, config.max_trials, config.seed)
+    oracle = make_oracle(config.strategy, config.max_trials, config.seed, job.fixed)
     tuner = FewShotTuner(job, oracle, progress)
     progress.search_started(
-        config, job.jit_compile, done=sum(1 for t in tuner.oracle.trials.values() if t.status != "RUNNING")
+        config,
+        job.jit_compile,
+        done=sum(1 for t in tuner.oracle.trials.values() if t.status != "RUNNING"),
     )
 
     original_end = tuner.on_trial_end

@@ -74,7 +74,9 @@ class FewShotModule(tf.Module):
         state = self.learner.adapt(
             self._preprocess(support_images), support_labels, num_classes, training=False
         )
-        return {"logits": self.learner.predict(state, self._preprocess(query_images), training=False)}
+        return {
+            "logits": self.learner.predict(state, self._preprocess(query_images), training=False)
+        }
 
     def _embed(self, images):
         return {"embeddings": self.learner.embed(self._preprocess(images), training=False)}

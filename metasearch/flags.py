@@ -24,10 +24,14 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "strategy", "random", ["random", "bayesian", "grid"], "keras-tuner oracle sampling trials."
 )
-flags.DEFINE_integer("max_trials", 4, "Number of trials (architectures) to run.", lower_bound=1)
-flags.DEFINE_integer(
-    "episodes_per_trial", 500, "Meta-training episodes per trial.", lower_bound=1
+flags.DEFINE_list(
+    "fix_hparams",
+    [],
+    "Hyperparameters held fixed instead of searched, as NAME=VALUE items "
+    "(e.g. conv_blocks/depth=4,protonet/metric=cosine).",
 )
+flags.DEFINE_integer("max_trials", 4, "Number of trials (architectures) to run.", lower_bound=1)
+flags.DEFINE_integer("episodes_per_trial", 500, "Meta-training episodes per trial.", lower_bound=1)
 flags.DEFINE_integer(
     "eval_episodes", 200, "Meta-validation episodes scoring each trial.", lower_bound=1
 )
@@ -42,6 +46,13 @@ flags.DEFINE_integer(
     "Classes per meta-training episode; defaults to --n_way. Training with more "
     "classes than at test time (Snell et al.) often helps.",
     lower_bound=2,
+)
+flags.DEFINE_enum(
+    "augment",
+    "none",
+    ["none", "affine"],
+    "Meta-training image augmentation: affine redraws each image with a small random "
+    "rotation, scale, shear and shift. Evaluation is never augmented.",
 )
 flags.DEFINE_integer("image_size", 28, "Square size images are resized to.", lower_bound=4)
 flags.DEFINE_integer("seed", 0, "Seed for trials, weights and episodes.")
@@ -91,12 +102,14 @@ IDENTITY_FLAGS = (
     "plugin",
     "search_space",
     "strategy",
+    "fix_hparams",
     "episodes_per_trial",
     "eval_episodes",
     "n_way",
     "k_shot",
     "n_query",
     "train_n_way",
+    "augment",
     "image_size",
     "seed",
     "glyphs_classes",
@@ -118,6 +131,7 @@ class RunConfig:
     plugin: str
     search_space: str
     strategy: str
+    fix_hparams: dict[str, Any]
     max_trials: int
     episodes_per_trial: int
     eval_episodes: int
@@ -125,6 +139,7 @@ class RunConfig:
     k_shot: int
     n_query: int
     train_n_way: int
+    augment: str
     image_size: int
     seed: int
     output_dir: str
@@ -169,6 +184,7 @@ def resolve() -> RunConfig:
         plugin=FLAGS.plugin,
         search_space=FLAGS.search_space,
         strategy=FLAGS.strategy,
+        fix_hparams=parse_fixed_hparams(FLAGS.fix_hparams),
         max_trials=FLAGS.max_trials,
         episodes_per_trial=FLAGS.episodes_per_trial,
         eval_episodes=FLAGS.eval_episodes,
@@ -176,6 +192,7 @@ def resolve() -> RunConfig:
         k_shot=FLAGS.k_shot,
         n_query=FLAGS.n_query,
         train_n_way=FLAGS.train_n_way or FLAGS.n_way,
+        augment=FLAGS.augment,
         image_size=FLAGS.image_size,
         seed=FLAGS.seed,
         output_dir=FLAGS.output_dir,
@@ -184,6 +201,31 @@ def resolve() -> RunConfig:
         progress=FLAGS.progress,
         dataset_options=dataset_options(FLAGS.dataset),
     )
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_fixed_hparams(items: list[str]) -> dict[str, Any]:
+    """`["a/b=4", "c=cosine"]` -> `{"a/b": 4, "c": "cosine"}`."""
+    from metasearch.errors import UsageError
+
+    fixed = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--fix_hparams: {item!r} is not NAME=VALUE")
+        fixed[name.strip()] = _parse_value(value.strip())
+    return fixed
 
 
 def flagfile_text() -> str:
@@ -202,7 +244,5 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     changed = []
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
-            changed.append(
-                f"--{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
-            )
+            changed.append(f"--{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}")
     return "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")

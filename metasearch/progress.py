@@ -42,7 +42,9 @@ class Progress:
         learner = ", ".join(f"{k}={v}" for k, v in sorted(record["plugin_config"].items()))
         self._write(f"trial {trial_id}/{self.max_trials}: {record['architecture']} / {learner}\n")
 
-    def trial_step(self, trial_id: str, step: int, total: int, loss: float, accuracy: float) -> None:
+    def trial_step(
+        self, trial_id: str, step: int, total: int, loss: float, accuracy: float
+    ) -> None:
         if not self.enabled:
             return
         elapsed = max(time.time() - self._started, 1e-9)

@@ -133,11 +133,13 @@ class MetaTrainer:
             pending.append((loss, metrics["accuracy"]))
             # Reading values back forces a sync; batch it to keep steps flowing.
             if step % check_every == 0 or step == steps:
-                values = [(float(l), float(a)) for l, a in pending]
+                values = [(float(loss), float(acc)) for loss, acc in pending]
                 pending.clear()
                 for loss_value, accuracy_value in values:
                     if not math.isfinite(loss_value):
-                        raise DivergedError(f"meta-training loss became {loss_value} by episode {step}")
+                        raise DivergedError(
+                            f"meta-training loss became {loss_value} by episode {step}"
+                        )
                     losses.append(loss_value)
                     accuracies.append(accuracy_value)
                 if on_progress is not None:

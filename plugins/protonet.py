@@ -49,9 +49,7 @@ class PrototypicalNetworks(MetaLearner):
     def sample_config(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
         return {
             "metric": hp.Choice("protonet/metric", list(METRICS), default="sqeuclidean"),
-            "embedding_dim": hp.Choice(
-                "protonet/embedding_dim", list(EMBEDDING_DIMS), default=0
-            ),
+            "embedding_dim": hp.Choice("protonet/embedding_dim", list(EMBEDDING_DIMS), default=0),
         }
 
     def __init__(self, backbone: keras.layers.Layer, config: Config, task: TaskSpec, **kwargs):
@@ -104,7 +102,9 @@ class PrototypicalNetworks(MetaLearner):
         prototypes = class_means(embeddings[:n_support], episode.support_labels, self.task.n_way)
         logits = self.logits(embeddings[n_support:], prototypes)
         loss = tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=episode.query_labels, logits=logits)
+            tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=episode.query_labels, logits=logits
+            )
         )
         predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
         accuracy = tf.reduce_mean(tf.cast(tf.equal(predicted, episode.query_labels), tf.float32))

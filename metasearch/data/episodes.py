@@ -34,13 +34,11 @@ def sample_episode(
     num_classes = tf.shape(images)[0]
     per_class = tf.shape(images)[1]
     key = tf.stack([tf.cast(seed, tf.int64) * 1000 + stream, tf.cast(index, tf.int64)])
-    class_key, instance_key = tf.unstack(
-        tf.random.experimental.stateless_split(key, num=2), axis=0
-    )
+    class_key, instance_key = tf.unstack(tf.random.experimental.stateless_split(key, num=2), axis=0)
     classes = tf.argsort(tf.random.stateless_uniform([num_classes], class_key))[:n_way]
-    instances = tf.argsort(
-        tf.random.stateless_uniform([n_way, per_class], instance_key), axis=1
-    )[:, : k_shot + n_query]
+    instances = tf.argsort(tf.random.stateless_uniform([n_way, per_class], instance_key), axis=1)[
+        :, : k_shot + n_query
+    ]
     picked = tf.gather(tf.gather(images, classes), instances, batch_dims=1)
     shape = tf.shape(images)[2:]
     support = tf.reshape(picked[:, :k_shot], tf.concat([[n_way * k_shot], shape], 0))
@@ -54,6 +52,45 @@ def sample_episode(
     )
 
 
+AUGMENTATIONS = ("none", "affine")
+
+
+def random_affine(images: tf.Tensor, key: tf.Tensor, strength: float = 1.0) -> tf.Tensor:
+    """Redraws each image `[n, h, w, c]` with a small random affine map (a "shaky hand").
+
+    Rotation up to about 15 degrees, scale 0.85-1.15, shear and a shift of up
+    to 10% of the size; pixels from outside repeat the border (background).
+    Deterministic given `key`.
+    """
+    n = tf.shape(images)[0]
+    height = tf.cast(tf.shape(images)[1], tf.float32)
+    width = tf.cast(tf.shape(images)[2], tf.float32)
+    u = tf.random.stateless_uniform([n, 6], key, -1.0, 1.0) * strength
+    angle = u[:, 0] * 0.26
+    scale_x = 1.0 + 0.15 * u[:, 1]
+    scale_y = 1.0 + 0.15 * u[:, 2]
+    shear = 0.15 * u[:, 3]
+    shift_x = 0.1 * width * u[:, 4]
+    shift_y = 0.1 * height * u[:, 5]
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # Output pixel (x, y) samples input pixel M (x - c) + c + shift.
+    m00, m01 = cos * scale_x, -sin * scale_x + shear
+    m10, m11 = sin * scale_y, cos * scale_y
+    cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    a2 = cx - m00 * cx - m01 * cy + shift_x
+    b2 = cy - m10 * cx - m11 * cy + shift_y
+    zeros = tf.zeros_like(angle)
+    transforms = tf.stack([m00, m01, a2, m10, m11, b2, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="NEAREST",
+    )
+
+
 def episode_dataset(
     class_set: ClassSet,
     n_way: int,
@@ -63,14 +100,31 @@ def episode_dataset(
     stream: int,
     count: int | None = None,
     start: int = 0,
+    augment: str = "none",
 ) -> tf.data.Dataset:
-    """A `tf.data.Dataset` of `Episode`s: `count` of them, or endless if None."""
+    """A `tf.data.Dataset` of `Episode`s: `count` of them, or endless if None.
+
+    `augment="affine"` redraws every image with `random_affine` (for
+    meta-training; evaluation streams are never augmented).
+    """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     images = tf.constant(class_set.images, tf.float32)
     stop = start + count if count is not None else np.iinfo(np.int64).max
     indices = tf.data.Dataset.range(start, stop)
 
     def make(index):
-        return sample_episode(images, index, n_way, k_shot, n_query, seed, stream)
+        episode = sample_episode(images, index, n_way, k_shot, n_query, seed, stream)
+        if augment == "affine":
+            key = tf.stack(
+                [tf.cast(seed, tf.int64) * 1000 + stream + 500, tf.cast(index, tf.int64)]
+            )
+            support_key, query_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+            episode = episode._replace(
+                support_images=random_affine(episode.support_images, support_key),
+                query_images=random_affine(episode.query_images, query_key),
+            )
+        return episode
 
     return indices.map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
         tf.data.AUTOTUNE

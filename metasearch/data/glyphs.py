@@ -90,13 +90,18 @@ def generate(
     control = np.empty((num_classes, images_per_class, MAX_STROKES, 4, 2), np.float32)
     width = np.empty((num_classes, images_per_class), np.float32)
     for index in range(num_classes):
-        control[index], width[index] = _drawings(np.random.default_rng([seed, index]), images_per_class)
+        control[index], width[index] = _drawings(
+            np.random.default_rng([seed, index]), images_per_class
+        )
     control = control.reshape(-1, MAX_STROKES, 4, 2)
     width = width.reshape(-1)
     # Chunks bound the [n, pixels, segments, 2] temporaries to a few hundred MB.
     chunk = max(1, 2_000_000 // (size * size))
     images = np.concatenate(
-        [_rasterize(control[i : i + chunk], width[i : i + chunk], size) for i in range(0, len(width), chunk)]
+        [
+            _rasterize(control[i : i + chunk], width[i : i + chunk], size)
+            for i in range(0, len(width), chunk)
+        ]
     )
     return images.reshape(num_classes, images_per_class, size, size, 1)
 

@@ -117,7 +117,9 @@ def _scan_folder(path: str, archive: str) -> list[_Character]:
 def find_archives(data_dir: str) -> dict[str, list[_Character]]:
     """Scans `data_dir` for the Omniglot archives; returns characters per archive."""
     if not data_dir:
-        raise UsageError("--data_dir: the omniglot data set needs --data_dir (the folder with its zips)")
+        raise UsageError(
+            "--data_dir: the omniglot data set needs --data_dir (the folder with its zips)"
+        )
     if not os.path.isdir(data_dir):
         raise UsageError(f"--data_dir: {data_dir} is not a directory")
     found = {}
@@ -150,7 +152,9 @@ def _select(
         archive, _, alphabet = item.lstrip("-").partition("/")
         if archive not in archives:
             known = ", ".join(sorted(archives))
-            raise UsageError(f"{flag}: archive {archive!r} not found in --data_dir (found: {known})")
+            raise UsageError(
+                f"{flag}: archive {archive!r} not found in --data_dir (found: {known})"
+            )
         characters = archives[archive]
         if alphabet:
             characters = [c for c in characters if c.alphabet == alphabet]
@@ -196,17 +200,19 @@ def assign_splits(
         alphabets = sorted({c.alphabet for c in pool})
         order = np.random.default_rng(seed).permutation(len(alphabets))
         alphabets = [alphabets[i] for i in order]
-        total = sum(DEFAULT_FRACTIONS[s] for s in missing)
+        # Evaluation sets get at least one alphabet each; meta-train takes the rest.
+        counts = {
+            split: max(1, int(round(DEFAULT_FRACTIONS[split] * len(alphabets))))
+            for split in missing
+            if split != "train"
+        }
+        if "train" in missing:
+            counts["train"] = max(0, len(alphabets) - sum(counts.values()))
         start = 0
-        for position, split in enumerate(missing):
-            if position == len(missing) - 1:
-                stop = len(alphabets)
-            else:
-                share = DEFAULT_FRACTIONS[split] / total
-                stop = start + max(1, int(round(share * len(alphabets))))
-            picked = set(alphabets[start:stop])
+        for split in sorted(missing, key=SPLITS.index):
+            picked = set(alphabets[start : start + counts[split]])
             assigned[split] = [c for c in pool if c.alphabet in picked]
-            start = stop
+            start += counts[split]
     for split in SPLITS:
         if not assigned[split]:
             raise UsageError(
@@ -233,9 +239,7 @@ def _load_images(character: _Character, cache: dict[str, zipfile.ZipFile]) -> li
     return images
 
 
-def load_class_set(
-    characters: Sequence[_Character], image_size: int, rotations: bool
-) -> ClassSet:
+def load_class_set(characters: Sequence[_Character], image_size: int, rotations: bool) -> ClassSet:
     """Decodes, resizes and stacks the characters' images; optionally adds rotations."""
     cache: dict[str, zipfile.ZipFile] = {}
     try:
@@ -252,13 +256,26 @@ def load_class_set(
         raise UsageError(f"--data_dir: images of different sizes {sorted(shapes)[:3]}")
     stacked = np.stack([np.stack(images[:per_class]) for images in decoded])[..., None]
     flat = stacked.reshape(-1, *stacked.shape[2:])
-    resized = resize_numpy(flat, image_size).reshape(len(characters), per_class, image_size, image_size, 1)
+    resized = resize_numpy(flat, image_size).reshape(
+        len(characters), per_class, image_size, image_size, 1
+    )
     names = [c.key for c in characters]
     if rotations:
         turned = [np.rot90(resized, k, axes=(2, 3)) for k in range(1, 4)]
         resized = np.concatenate([resized, *turned], axis=0)
         names = names + [f"{n}@rot{90 * k}" for k in range(1, 4) for n in names]
     return ClassSet(np.ascontiguousarray(resized, np.float32), names)
+
+
+def load_characters(
+    data_dir: str, spec: Sequence[str], image_size: int, rotations: bool = False
+) -> ClassSet:
+    """The characters named by one spec (`ARCHIVE[/ALPHABET]` items) as a `ClassSet`."""
+    archives = find_archives(data_dir)
+    characters = _dedupe(_select(archives, spec, "spec"))
+    if not characters:
+        raise UsageError(f"spec {list(spec)}: selects no characters")
+    return load_class_set(characters, image_size, rotations)
 
 
 class Omniglot(Dataset):
@@ -275,7 +292,9 @@ class Omniglot(Dataset):
         options = self.options.options
         rotations = options.get("rotations", "none")
         if rotations not in ROTATION_CHOICES:
-            raise UsageError(f"--omniglot_rotations: {rotations!r} is not one of {ROTATION_CHOICES}")
+            raise UsageError(
+                f"--omniglot_rotations: {rotations!r} is not one of {ROTATION_CHOICES}"
+            )
         archives = find_archives(self.options.data_dir)
         specs = {split: list(options.get(split) or []) for split in SPLITS}
         assigned = assign_splits(archives, specs)

@@ -28,7 +28,9 @@ def resize_numpy(images: np.ndarray, image_size: int, batch: int = 2048) -> np.n
     """`resize` over a large numpy array in batches."""
     if images.shape[1] == image_size and images.shape[2] == image_size:
         return images.astype(np.float32, copy=False)
-    parts = [resize(images[i : i + batch], image_size).numpy() for i in range(0, len(images), batch)]
+    parts = [
+        resize(images[i : i + batch], image_size).numpy() for i in range(0, len(images), batch)
+    ]
     return np.concatenate(parts, axis=0)
 
 

@@ -1,0 +1,155 @@
+"""The shared conformance checks every registered plugin and search space must pass.
+
+Run by `tests/test_conformance.py` over every name in the registry, so a new
+plugin or search space (built-in or third-party) is checked for free. A
+plugin author can also call these from their own tests.
+
+Each check works on a tiny episode (28x28 grey, 3-way 1-shot 2-query):
+* `check_trains`: a few meta-training steps on one episode lower the loss.
+* `check_traces_with_variable_batch`: `embed` traced once with an unknown
+  batch size serves several batch sizes.
+* `check_compiles_with_xla`: the training and adaptation steps run with
+  `jit_compile=True`.
+* `check_export_round_trip`: the SavedModel reloads and gives the in-process
+  logits and embeddings (max abs diff <= 1e-4).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import keras
+import keras_tuner
+import numpy as np
+import tensorflow as tf
+
+from metasearch.api import Episode, MetaLearner, SearchSpace, TaskSpec
+from metasearch.export import export_learner
+from metasearch.training import MetaTrainer
+
+TOLERANCE = 1e-4
+
+
+def tiny_task(image_size: int = 28, channels: int = 1) -> TaskSpec:
+    return TaskSpec(n_way=3, k_shot=1, n_query=2, image_shape=(image_size, image_size, channels))
+
+
+def tiny_episode(task: TaskSpec, seed: int = 0) -> Episode:
+    """A learnable episode: each class is a distinct blob pattern plus noise."""
+    rng = np.random.default_rng(seed)
+    h, w, c = task.image_shape
+    patterns = rng.uniform(0.0, 1.0, size=(task.n_way, h, w, c))
+
+    def draw(count):
+        labels = np.repeat(np.arange(task.n_way), count)
+        images = patterns[labels] * 0.7 + rng.uniform(0.0, 0.3, size=(len(labels), h, w, c))
+        return images.astype(np.float32), labels.astype(np.int32)
+
+    support_images, support_labels = draw(task.k_shot)
+    query_images, query_labels = draw(task.n_query)
+    return Episode(
+        tf.constant(support_images),
+        tf.constant(support_labels),
+        tf.constant(query_images),
+        tf.constant(query_labels),
+    )
+
+
+def sample_configs(component, count: int, seed: int = 0) -> list[dict]:
+    """Default values, then `count - 1` random samples of a component's space."""
+    hp = keras_tuner.HyperParameters()
+    configs = [component.sample_config(hp)]
+    rng = np.random.default_rng(seed)
+    for _ in range(count - 1):
+        for parameter in hp.space:
+            hp.values[parameter.name] = parameter.random_sample(int(rng.integers(1 << 30)))
+        configs.append(component.sample_config(hp))
+    return configs
+
+
+def build_learner(
+    plugin: type[MetaLearner],
+    space: type[SearchSpace],
+    task: TaskSpec,
+    plugin_config: dict | None = None,
+    space_config: dict | None = None,
+) -> MetaLearner:
+    keras.utils.set_random_seed(0)
+    space_config = space_config or sample_configs(space, 1)[0]
+    plugin_config = plugin_config or sample_configs(plugin, 1)[0]
+    return plugin(space.build(space_config, task.image_shape), plugin_config, task)
+
+
+def check_trains(learner: MetaLearner, task: TaskSpec, steps: int = 12) -> tuple[float, float]:
+    episode = tiny_episode(task)
+    trainer = MetaTrainer(learner, (0.5, 0.3), 3e-3, steps, jit_compile=False)
+    trainer.build(episode)
+    first, _ = trainer.train_step(episode)
+    for _ in range(steps - 1):
+        last, _ = trainer.train_step(episode)
+    first, last = float(first), float(last)
+    assert np.isfinite(last), f"loss is {last}"
+    assert last < first, f"meta-training loss did not decrease: {first:.4f} -> {last:.4f}"
+    return first, last
+
+
+def check_traces_with_variable_batch(learner: MetaLearner, task: TaskSpec) -> None:
+    spec = tf.TensorSpec([None, *task.image_shape], tf.float32)
+    embed = tf.function(lambda images: learner.embed(images), input_signature=[spec])
+    sizes = [1, 3, 7]
+    outputs = [embed(tf.zeros([n, *task.image_shape])) for n in sizes]
+    for n, output in zip(sizes, outputs):
+        assert output.shape[0] == n and len(output.shape) == 2
+    assert embed.experimental_get_tracing_count() == 1
+
+
+def check_compiles_with_xla(learner: MetaLearner, task: TaskSpec) -> None:
+    episode = tiny_episode(task)
+    trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 4, jit_compile=True)
+    trainer.build(episode)
+    loss, _ = trainer.train_step(episode)
+    assert np.isfinite(float(loss))
+    logits = trainer.adapt_step(
+        episode.support_images, episode.support_labels, episode.query_images, task.n_way
+    )
+    assert logits.shape == (task.n_way * task.n_query, task.n_way)
+    # Graph-mode and XLA adaptation agree.
+    graph = MetaTrainer(learner, (0.5, 0.3), 1e-3, 4, jit_compile=False).adapt_step(
+        episode.support_images, episode.support_labels, episode.query_images, task.n_way
+    )
+    np.testing.assert_allclose(logits.numpy(), graph.numpy(), atol=1e-3, rtol=1e-3)
+
+
+def check_export_round_trip(
+    learner: MetaLearner, task: TaskSpec, directory: str | None = None
+) -> float:
+    episode = tiny_episode(task, seed=1)
+    normalization = (0.5, 0.3)
+    trainer = MetaTrainer(learner, normalization, 1e-3, 2, jit_compile=False)
+    trainer.build(episode)
+    trainer.train_step(episode)
+    expected = trainer.adapt_step(
+        episode.support_images, episode.support_labels, episode.query_images, task.n_way
+    ).numpy()
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        path = export_learner(
+            learner,
+            os.path.join(tmp, "learner"),
+            image_size=task.image_shape[0],
+            channels=task.image_shape[2],
+            normalization=normalization,
+            metadata={"check": "conformance"},
+        )
+        loaded = tf.saved_model.load(path)
+        logits = loaded.signatures["few_shot"](
+            support_images=episode.support_images,
+            support_labels=episode.support_labels,
+            query_images=episode.query_images,
+        )["logits"].numpy()
+        embeddings = loaded.embed(episode.query_images)["embeddings"].numpy()
+    reference = learner.embed((episode.query_images - normalization[0]) / normalization[1]).numpy()
+    diff = float(np.max(np.abs(logits - expected)))
+    assert diff <= TOLERANCE, f"reloaded logits differ by {diff}"
+    assert float(np.max(np.abs(embeddings - reference))) <= TOLERANCE
+    return diff

@@ -1,0 +1,50 @@
+"""Helpers for tests that run the CLI as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OMNIGLOT_DIR = (REPO / ".." / "shared" / "data" / "omniglot").resolve()
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+METASEARCH = [sys.executable, "-m", "metasearch.cli"]
+
+# Tiny settings: a few seconds per trial on two CPU cores.
+TINY = [
+    "--glyphs_classes=60",
+    "--episodes_per_trial=8",
+    "--eval_episodes=4",
+    "--n_query=3",
+    "--fix_hparams=conv_blocks/depth=3,conv_blocks/filters=32,conv_blocks/growth=1.0,train/learning_rate=0.002",
+]
+
+
+def needs_omniglot():
+    return pytest.mark.skipif(
+        not (OMNIGLOT_DIR / "images_background_small1.zip").exists(),
+        reason=f"shared Omniglot archives not found in {OMNIGLOT_DIR}",
+    )
+
+
+def run_cli(*args, env=None, timeout=300, cwd=None) -> subprocess.CompletedProcess:
+    """Runs `metasearch ARGS` in a fresh process; returns the completed process."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [*METASEARCH, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,56 @@
+"""A search killed with SIGKILL mid-trial resumes: finished trials kept, none counted twice."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from cli_support import METASEARCH, TINY, read_json, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_sigkill_mid_trial_then_rerun_finishes_without_double_counting(tmp_path):
+    out = tmp_path / "out"
+    args = [a for a in TINY if not a.startswith("--episodes_per_trial")]
+    args += ["--max_trials=3", "--episodes_per_trial=400", f"--output_dir={out}"]
+    process = subprocess.Popen(
+        [*METASEARCH, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    seen = []
+    try:
+        deadline = time.time() + 240
+        for line in process.stdout:
+            seen.append(line)
+            # The first progress line of the second trial: it is running, 20 of 400 episodes in.
+            if len(seen) >= 2 and seen[-2].startswith("trial 1/3") and line.strip().startswith("["):
+                break
+            assert time.time() < deadline, "".join(seen)
+        else:
+            pytest.fail("search ended before the second trial started:\n" + "".join(seen))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+
+    first_record = (out / "keras_tuner" / "trial_0" / "metasearch_trial.json").read_bytes()
+    assert not (out / "keras_tuner" / "trial_1" / "metasearch_trial.json").exists()
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming after 1 finished trials" in again.stdout
+    assert "trial 0/3" not in again.stdout, "the finished trial ran again"
+    results = read_json(out / "results.json")
+    ids = [t["trial_id"] for t in results["trials"]]
+    assert ids == ["0", "1", "2"]
+    assert all(t["status"] == "COMPLETED" for t in results["trials"])
+    # The trial finished before the kill is kept exactly as it was.
+    assert (out / "keras_tuner" / "trial_0" / "metasearch_trial.json").read_bytes() == first_record
+    assert (out / "export" / "best_learner" / "saved_model.pb").is_file()
+    oracle = read_json(out / "keras_tuner" / "oracle.json")
+    assert sorted(oracle["end_order"]) == ["0", "1", "2"]
+    assert len(set(oracle["end_order"])) == 3

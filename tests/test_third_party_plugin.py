@@ -1,0 +1,100 @@
+"""A plugin from another package, installed with pip, runs with no edit to metasearch."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cli_support import FIXTURES, TINY, read_json, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory):
+    """pip-installs tests/fixtures/toy_plugin into a private folder; returns it."""
+    target = tmp_path_factory.mktemp("site")
+    build = tmp_path_factory.mktemp("build")
+    source = build / "toy_plugin"
+    subprocess.run(["cp", "-r", str(FIXTURES / "toy_plugin"), str(source)], check=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any(p.name.endswith(".dist-info") for p in target.iterdir())
+    return target
+
+
+def _env(plugin_path):
+    existing = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": str(plugin_path) + (os.pathsep + existing if existing else "")}
+
+
+def test_installed_plugin_runs_through_the_cli(plugin_path, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(
+        *TINY,
+        "--plugin=toy_centroid",
+        "--max_trials=1",
+        f"--output_dir={out}",
+        env=_env(plugin_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = read_json(out / "results.json")
+    assert results["trials"][0]["status"] == "COMPLETED"
+    assert results["trials"][0]["plugin"] == "toy_centroid"
+    assert "toy_centroid/scale" in results["trials"][0]["hyperparameters"]
+    assert (out / "export" / "best_learner" / "saved_model.pb").is_file()
+
+
+def test_unknown_plugin_lists_third_party_names_too(plugin_path, tmp_path):
+    result = run_cli(
+        *TINY, "--plugin=nope", f"--output_dir={tmp_path / 'o'}", env=_env(plugin_path)
+    )
+    assert result.returncode == 2
+    assert "toy_centroid" in result.stderr and "protonet" in result.stderr
+
+
+def test_nan_and_raising_trials_fail_and_the_search_goes_on(plugin_path, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(
+        *TINY,
+        "--plugin=toy_flaky",
+        "--strategy=grid",
+        "--max_trials=3",
+        f"--output_dir={out}",
+        env=_env(plugin_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = read_json(out / "results.json")["trials"]
+    assert len(trials) == 3
+    by_mode = {t["hyperparameters"]["toy_flaky/mode"]: t for t in trials}
+    assert set(by_mode) == {"ok", "nan", "raise"}
+    assert by_mode["ok"]["status"] == "COMPLETED"
+    assert by_mode["nan"]["status"] == "FAILED" and "nan" in by_mode["nan"]["error"]
+    assert by_mode["raise"]["status"] == "FAILED" and "asked to fail" in by_mode["raise"]["error"]
+    # keras-tuner recorded the failures itself (FailedTrialError), not just our files.
+    for mode in ("nan", "raise"):
+        trial_json = read_json(
+            out / "keras_tuner" / f"trial_{by_mode[mode]['trial_id']}" / "trial.json"
+        )
+        assert trial_json["status"] == "FAILED"
+    board = (out / "leaderboard.txt").read_text()
+    assert board.count("FAILED") == 2
+    assert read_json(out / "results.json")["best_trial"] == by_mode["ok"]["trial_id"]

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from metasearch import conformance
+from metasearch.plugins.protonet import PrototypicalNetworks, class_means, squared_distances
+from metasearch.search_spaces.conv_blocks import ConvBlocks
+from metasearch.training import DivergedError, MetaTrainer, resolve_jit_compile
+
+
+def test_auto_jit_picks_graph_mode_on_cpu_and_flags_override():
+    assert resolve_jit_compile("auto") == bool(tf.config.list_physical_devices("GPU"))
+    assert resolve_jit_compile("true") is True
+    assert resolve_jit_compile("false") is False
+    with pytest.raises(ValueError):
+        resolve_jit_compile("sometimes")
+
+
+def test_trainer_steps_are_compiled_with_the_requested_mode():
+    task = conformance.tiny_task()
+    learner = conformance.build_learner(
+        PrototypicalNetworks,
+        ConvBlocks,
+        task,
+        space_config={"depth": 3, "filters": 8, "growth": 1.0},
+    )
+    for jit in (True, False):
+        trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 5, jit_compile=jit)
+        assert trainer.train_step._jit_compile is jit
+        assert trainer.eval_step._jit_compile is jit
+        assert trainer.adapt_step._jit_compile is jit
+
+
+def test_non_finite_loss_raises_diverged():
+    task = conformance.tiny_task()
+    learner = conformance.build_learner(
+        PrototypicalNetworks,
+        ConvBlocks,
+        task,
+        space_config={"depth": 3, "filters": 8, "growth": 1.0},
+    )
+    episode = conformance.tiny_episode(task)
+    poisoned = episode._replace(support_images=episode.support_images * np.nan)
+    trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 5, jit_compile=False)
+    trainer.build(episode)
+    dataset = tf.data.Dataset.from_tensors(poisoned).repeat()
+    with pytest.raises(DivergedError, match="nan"):
+        trainer.train(dataset, 3, check_every=1)
+
+
+def test_prototypes_and_distances():
+    embeddings = tf.constant([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
+    labels = tf.constant([0, 0, 1])
+    prototypes = class_means(embeddings, labels, 2)
+    np.testing.assert_allclose(prototypes, [[1.0, 0.0], [0.0, 4.0]])
+    np.testing.assert_allclose(
+        squared_distances(tf.constant([[1.0, 1.0]]), prototypes), [[1.0, 10.0]], atol=1e-6
+    )
+    # Works with a tensor class count, as inside the exported model.
+    np.testing.assert_allclose(class_means(embeddings, labels, tf.constant(2)), prototypes)
