@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from metasearch.api import TaskSpec  # noqa: E402
 from metasearch.data import episodes  # noqa: E402
@@ -78,24 +76,10 @@ def main():
         episodes.TRAIN_STREAM,
         augment=args.augment,
     )
-    iterator = iter(stream)
-    budget = args.train_minutes * 60.0
-
-    # Measure the step rate first so the cosine schedule spans the whole budget.
-    probe = MetaTrainer(learner, normalization, args.learning_rate, 10_000, jit)
-    start = time.perf_counter()
-    probe.build(next(iterator))
-    probe.train(stream.skip(1), 10)  # traces the step
-    timed = time.perf_counter()
-    probe.train(stream.skip(11), 40)
-    rate = 40 / (time.perf_counter() - timed)
-    for variable in probe.optimizer.variables:
-        variable.assign(tf.zeros_like(variable))
-    total_steps = max(100, int(rate * (budget - (time.perf_counter() - start)) * 0.97))
-    trainer = MetaTrainer(learner, normalization, args.learning_rate, total_steps, jit)
-    trainer.optimizer.build(learner.trainable_variables)
-    trained = trainer.train(stream.skip(51), total_steps)
-    train_seconds = time.perf_counter() - start
+    trainer = MetaTrainer(learner, normalization, args.learning_rate, None, jit)
+    trainer.build(next(iter(stream)))
+    trained = trainer.train_for(stream, args.train_minutes * 60.0)
+    train_seconds = trained["train_seconds"]
 
     results = {}
     for n_way in (5, 20):
@@ -119,7 +103,7 @@ def main():
                     "n_way": args.train_n_way,
                     "k_shot": args.k_shot,
                     "n_query": args.n_query,
-                    "episodes": 51 + total_steps,
+                    "episodes": trained["steps"],
                     "augment": args.augment,
                     "learning_rate": args.learning_rate,
                     "final_train_accuracy": trained["train_accuracy"],

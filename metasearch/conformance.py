@@ -114,6 +114,8 @@ def check_compiles_with_xla(learner: MetaLearner, task: TaskSpec) -> None:
         episode.support_images, episode.support_labels, episode.query_images, task.n_way
     )
     assert logits.shape == (task.n_way * task.n_query, task.n_way)
+    accuracy = float(trainer.eval_step(episode, task.n_way))
+    assert 0.0 <= accuracy <= 1.0
     # Graph-mode and XLA adaptation agree.
     graph = MetaTrainer(learner, (0.5, 0.3), 1e-3, 4, jit_compile=False).adapt_step(
         episode.support_images, episode.support_labels, episode.query_images, task.n_way

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import keras
 import numpy as np
@@ -53,22 +53,32 @@ class MetaTrainer:
     """Meta-trains one learner with Adam under a cosine learning-rate decay.
 
     `normalization` is the `(mean, std)` applied to every image before the
-    learner sees it (the exported model applies the same).
+    learner sees it (the exported model applies the same). The decay spans
+    `total_steps` steps, or, when it is None, the wall-clock budget given to
+    `train_for`.
     """
+
+    final_learning_rate_fraction = 0.05
 
     def __init__(
         self,
         learner: MetaLearner,
         normalization: tuple[float, float],
         learning_rate: float,
-        total_steps: int,
+        total_steps: int | None,
         jit_compile: bool,
     ):
         self.learner = learner
         self.mean, self.std = (float(v) for v in normalization)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=max(1, total_steps), alpha=0.05
-        )
+        self.base_learning_rate = float(learning_rate)
+        if total_steps is None:
+            schedule = self.base_learning_rate  # a variable that train_for assigns
+        else:
+            schedule = keras.optimizers.schedules.CosineDecay(
+                learning_rate,
+                decay_steps=max(1, total_steps),
+                alpha=self.final_learning_rate_fraction,
+            )
         self.optimizer = keras.optimizers.Adam(schedule)
         self.jit_compile = jit_compile
         self.train_step = tf.function(self._train_step, jit_compile=jit_compile)
@@ -115,40 +125,94 @@ class MetaTrainer:
 
     def train(
         self,
-        episodes: tf.data.Dataset,
+        episodes: tf.data.Dataset | Iterator,
         steps: int,
         on_progress: Callable[[int, float, float], None] | None = None,
         check_every: int = 20,
     ) -> dict[str, float]:
         """Runs `steps` meta-training steps; raises `DivergedError` on a non-finite loss.
 
-        `on_progress(step, loss, accuracy)` is called every `check_every` steps.
-        Returns the mean loss and accuracy over the last tenth of training.
+        `episodes` is a dataset (read from its start) or an iterator (read on
+        from where it is). `on_progress(step, loss, accuracy)` is called every
+        `check_every` steps. Returns the mean loss and accuracy over the last
+        tenth of training and the seconds spent.
         """
-        losses, accuracies = [], []
-        pending = []
+        iterator = iter(episodes.take(steps)) if isinstance(episodes, tf.data.Dataset) else episodes
+        losses: list[float] = []
+        accuracies: list[float] = []
         start = time.perf_counter()
-        for step, episode in enumerate(episodes.take(steps), start=1):
+        self._run_steps(iterator, steps, losses, accuracies, 0, on_progress, check_every)
+        return self._summary(losses, accuracies, time.perf_counter() - start)
+
+    def train_for(
+        self,
+        episodes: tf.data.Dataset,
+        seconds: float,
+        chunk: int = 50,
+        on_progress: Callable[[int, float, float], None] | None = None,
+    ) -> dict[str, float]:
+        """Meta-trains until `seconds` of wall-clock time are spent.
+
+        The learning rate follows a cosine decay over the time budget (needs
+        `total_steps=None`), so the whole budget is used whatever the speed.
+        """
+        if not isinstance(self.optimizer.learning_rate, tf.Variable) and not hasattr(
+            self.optimizer.learning_rate, "assign"
+        ):
+            raise ValueError("train_for needs a MetaTrainer made with total_steps=None")
+        iterator = iter(episodes)
+        losses: list[float] = []
+        accuracies: list[float] = []
+        start = time.perf_counter()
+        step = 0
+        while (elapsed := time.perf_counter() - start) < seconds:
+            fraction = min(1.0, elapsed / seconds)
+            floor = self.final_learning_rate_fraction
+            cosine = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * fraction))
+            self.optimizer.learning_rate.assign(self.base_learning_rate * cosine)
+            step = self._run_steps(iterator, chunk, losses, accuracies, step, on_progress, chunk)
+        summary = self._summary(losses, accuracies, time.perf_counter() - start)
+        summary["steps"] = step
+        return summary
+
+    def _run_steps(
+        self, iterator, steps, losses, accuracies, step, on_progress, check_every
+    ) -> int:
+        pending = []
+        for _ in range(steps):
+            try:
+                episode = next(iterator)
+            except StopIteration:
+                break
+            step += 1
             loss, metrics = self.train_step(episode)
             pending.append((loss, metrics["accuracy"]))
             # Reading values back forces a sync; batch it to keep steps flowing.
-            if step % check_every == 0 or step == steps:
-                values = [(float(loss), float(acc)) for loss, acc in pending]
-                pending.clear()
-                for loss_value, accuracy_value in values:
-                    if not math.isfinite(loss_value):
-                        raise DivergedError(
-                            f"meta-training loss became {loss_value} by episode {step}"
-                        )
-                    losses.append(loss_value)
-                    accuracies.append(accuracy_value)
-                if on_progress is not None:
-                    on_progress(step, losses[-1], float(np.mean(accuracies[-check_every:])))
+            if len(pending) == check_every:
+                self._check(pending, losses, accuracies, step, on_progress, check_every)
+        if pending:
+            self._check(pending, losses, accuracies, step, on_progress, check_every)
+        return step
+
+    @staticmethod
+    def _check(pending, losses, accuracies, step, on_progress, check_every) -> None:
+        values = [(float(loss), float(acc)) for loss, acc in pending]
+        pending.clear()
+        for loss_value, accuracy_value in values:
+            if not math.isfinite(loss_value):
+                raise DivergedError(f"meta-training loss became {loss_value} by episode {step}")
+            losses.append(loss_value)
+            accuracies.append(accuracy_value)
+        if on_progress is not None:
+            on_progress(step, losses[-1], float(np.mean(accuracies[-check_every:])))
+
+    @staticmethod
+    def _summary(losses, accuracies, seconds) -> dict[str, float]:
         tail = max(1, len(losses) // 10)
         return {
             "train_loss": float(np.mean(losses[-tail:])) if losses else float("nan"),
             "train_accuracy": float(np.mean(accuracies[-tail:])) if accuracies else float("nan"),
-            "train_seconds": time.perf_counter() - start,
+            "train_seconds": seconds,
         }
 
     def evaluate(self, episodes: tf.data.Dataset, num_classes: int) -> np.ndarray:

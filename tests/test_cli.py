@@ -183,3 +183,11 @@ def test_unknown_command_and_help():
         "overwrite",
     ):
         assert flag in helpful.stdout
+
+
+def test_bayesian_strategy_runs(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(*TINY, "--strategy=bayesian", "--max_trials=2", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = read_json(out / "results.json")["trials"]
+    assert [t["status"] for t in trials] == ["COMPLETED", "COMPLETED"]

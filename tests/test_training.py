@@ -16,14 +16,16 @@ def test_auto_jit_picks_graph_mode_on_cpu_and_flags_override():
         resolve_jit_compile("sometimes")
 
 
-def test_trainer_steps_are_compiled_with_the_requested_mode():
+def _small_protonet():
     task = conformance.tiny_task()
-    learner = conformance.build_learner(
-        PrototypicalNetworks,
-        ConvBlocks,
-        task,
-        space_config={"depth": 3, "filters": 8, "growth": 1.0},
+    space_config = {"depth": 3, "filters": 8, "growth": 1.0}
+    return task, conformance.build_learner(
+        PrototypicalNetworks, ConvBlocks, task, space_config=space_config
     )
+
+
+def test_trainer_steps_are_compiled_with_the_requested_mode():
+    task, learner = _small_protonet()
     for jit in (True, False):
         trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 5, jit_compile=jit)
         assert trainer.train_step._jit_compile is jit
@@ -32,13 +34,7 @@ def test_trainer_steps_are_compiled_with_the_requested_mode():
 
 
 def test_non_finite_loss_raises_diverged():
-    task = conformance.tiny_task()
-    learner = conformance.build_learner(
-        PrototypicalNetworks,
-        ConvBlocks,
-        task,
-        space_config={"depth": 3, "filters": 8, "growth": 1.0},
-    )
+    task, learner = _small_protonet()
     episode = conformance.tiny_episode(task)
     poisoned = episode._replace(support_images=episode.support_images * np.nan)
     trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 5, jit_compile=False)
@@ -58,3 +54,24 @@ def test_prototypes_and_distances():
     )
     # Works with a tensor class count, as inside the exported model.
     np.testing.assert_allclose(class_means(embeddings, labels, tf.constant(2)), prototypes)
+
+
+def test_train_for_spends_the_time_budget_and_decays_the_learning_rate():
+    task, learner = _small_protonet()
+    episode = conformance.tiny_episode(task)
+    trainer = MetaTrainer(learner, (0.5, 0.3), 1e-2, None, jit_compile=False)
+    trainer.build(episode)
+    result = trainer.train_for(tf.data.Dataset.from_tensors(episode).repeat(), seconds=1.5, chunk=5)
+    assert result["train_seconds"] >= 1.5 and result["steps"] >= 5
+    assert float(trainer.optimizer.learning_rate) < 1e-2 * 0.5
+
+
+def test_train_reads_an_iterator_on_from_where_it_is():
+    task, learner = _small_protonet()
+    trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 10, jit_compile=False)
+    episode = conformance.tiny_episode(task)
+    trainer.build(episode)
+    iterator = iter(tf.data.Dataset.from_tensors(episode).repeat(5))
+    trainer.train(iterator, 3)
+    trainer.train(iterator, 3)  # only two episodes left
+    assert next(iterator, None) is None

@@ -10,7 +10,9 @@ and Latin are in both small archives), so a character found in several
 archives is one class. Which characters form each class set is chosen by
 specs (`options['train']`, `['val']`, `['test']`), each a list of items
 `ARCHIVE` (all its alphabets) or `ARCHIVE/ALPHABET`; an item starting with
-`-` removes those characters again (`images_background,-images_background/Latin`). Splits left unspecified
+`-` removes those characters again (`images_background,-images_background/Latin`).
+With no spec at all and `images_evaluation` present, it is the meta-test set
+(the standard protocol) and the rest is split by alphabet. Splits left unspecified
 share the characters no spec claimed, split by alphabet.
 """
 
@@ -297,6 +299,9 @@ class Omniglot(Dataset):
             )
         archives = find_archives(self.options.data_dir)
         specs = {split: list(options.get(split) or []) for split in SPLITS}
+        if not any(specs.values()) and "images_evaluation" in archives:
+            # The standard protocol: evaluation alphabets are the meta-test set.
+            specs["test"] = ["images_evaluation"]
         assigned = assign_splits(archives, specs)
         sets = {}
         for split in SPLITS:

@@ -21,7 +21,9 @@ def resize(images: tf.Tensor, image_size: int) -> tf.Tensor:
     images = tf.convert_to_tensor(images, tf.float32)
     if images.shape[1] == image_size and images.shape[2] == image_size:
         return images
-    return tf.image.resize(images, [image_size, image_size], method="area", antialias=True)
+    resized = tf.image.resize(images, [image_size, image_size], method="area", antialias=True)
+    # Antialiased upsampling can overshoot [0, 1] by rounding; keep the range.
+    return tf.clip_by_value(resized, 0.0, 1.0)
 
 
 def resize_numpy(images: np.ndarray, image_size: int, batch: int = 2048) -> np.ndarray:

@@ -101,3 +101,35 @@ def test_non_image_file_among_pngs_is_named(omniglot_dir, tmp_path):
     with pytest.raises(UsageError, match="0001_99.png: not a readable image"):
         omniglot.load_characters(str(tmp_path), ["images_background_small1"], 28)
     shutil.rmtree(tmp_path / "images_background_small1")
+
+
+def _fake_archive(path, archive, alphabets, characters=3, drawers=4):
+    from PIL import Image
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for alphabet in alphabets:
+            for c in range(1, characters + 1):
+                for d in range(1, drawers + 1):
+                    image = Image.new("1", (12, 12), 1)
+                    image.putpixel((c, d), 0)
+                    buffer = __import__("io").BytesIO()
+                    image.save(buffer, format="PNG")
+                    zf.writestr(
+                        f"{archive}/{alphabet}/character{c:02d}/{c:04d}_{d:02d}.png",
+                        buffer.getvalue(),
+                    )
+
+
+def test_standard_archives_default_to_evaluation_as_meta_test(tmp_path):
+    _fake_archive(
+        tmp_path / "images_background.zip", "images_background", ["A", "B", "C", "D", "E", "F", "G"]
+    )
+    _fake_archive(tmp_path / "images_evaluation.zip", "images_evaluation", ["X", "Y"])
+    splits = _load(tmp_path)
+    assert {n.split("/")[0] for n in splits.test.names} == {"X", "Y"}
+    train = {n.split("/")[0] for n in splits.train.names}
+    val = {n.split("/")[0] for n in splits.val.names}
+    assert train | val == set("ABCDEFG") and not train & val and val
+    assert splits.train.images_per_class == 4
+    # Decoded 1-bit PNGs: white 1, ink 0, before resizing to 28.
+    assert splits.test.images.max() == 1.0
