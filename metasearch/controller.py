@@ -1,7 +1,7 @@
 """The search controller: keras-tuner drives trials, each meta-trains one candidate.
 
-Flow: `prepare_job` validates every input (names, output directory, data,
-episode shapes) before anything is written; `search` then runs a
+Flow: `Job` validates every input (names, output directory, data, episode
+shapes, the configuration of an earlier run) before anything is written; `search` then runs a
 keras-tuner search whose `FewShotTuner.run_trial` builds a backbone from the
 search space and a learner from the plugin, meta-trains it on episodes,
 scores it on meta-validation episodes and saves its weights. After every
@@ -261,6 +261,11 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
             project_name=PROJECT_NAME,
             overwrite=False,
         )
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        # The leaderboard on disk is current after every trial, not only at the end.
+        write_results(self.job.config.output_dir, self.job.config.to_json())
 
     def run_trial(self, trial, *args, **kwargs):
         config = self.job.config
@@ -619,14 +624,6 @@ def search(config: RunConfig, flagfile: str, out=sys.stdout) -> dict[str, Any]:
         job.jit_compile,
         done=sum(1 for t in tuner.oracle.trials.values() if t.status != "RUNNING"),
     )
-
-    original_end = tuner.on_trial_end
-
-    def on_trial_end(trial):
-        original_end(trial)
-        write_results(config.output_dir, config.to_json())
-
-    tuner.on_trial_end = on_trial_end
     try:
         tuner.search(verbose=0)
     except RuntimeError as error:
