@@ -28,6 +28,7 @@ setup(
         "tensorflow>=2.16",
         "keras>=3",
         "keras-tuner>=1.4",
+        "scipy",  # keras-tuner's bayesian strategy (--strategy=bayesian)
         "tensorflow-probability>=0.24",
         "absl-py>=1.0",
         "numpy",
