@@ -27,8 +27,7 @@ setup(
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3",
-        "keras-tuner>=1.4",
-        "scipy",  # keras-tuner's bayesian strategy (--strategy=bayesian)
+        "keras-tuner[bayesian]>=1.4",  # the extra brings what --strategy=bayesian needs
         "tensorflow-probability>=0.24",
         "absl-py>=1.0",
         "numpy",
