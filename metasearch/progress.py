@@ -40,7 +40,10 @@ class Progress:
         self._started = time.time()
         self._last_quarter = -1
         learner = ", ".join(f"{k}={v}" for k, v in sorted(record["plugin_config"].items()))
-        self._write(f"trial {trial_id}/{self.max_trials}: {record['architecture']} / {learner}\n")
+        number = int(trial_id) + 1 if str(trial_id).isdigit() else "?"
+        self._write(
+            f"trial {trial_id} ({number} of {self.max_trials}): {record['architecture']} / {learner}\n"
+        )
 
     def trial_step(
         self, trial_id: str, step: int, total: int, loss: float, accuracy: float

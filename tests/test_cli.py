@@ -55,7 +55,7 @@ def test_search_writes_every_promised_file(finished_run):
     assert metadata["trial_id"] == results["best_trial"]
     assert {"tensorflow", "keras", "metasearch"} <= set(metadata["versions"])
     assert "Leaderboard" in result.stdout and str(export) in result.stdout
-    assert "trial 0/2" in result.stdout  # progress display
+    assert "trial 0 (1 of 2)" in result.stdout  # progress display
 
 
 def test_flagfile_repeats_the_run_and_reexport_works(finished_run, tmp_path):

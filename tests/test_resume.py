@@ -25,7 +25,11 @@ def test_sigkill_mid_trial_then_rerun_finishes_without_double_counting(tmp_path)
         for line in process.stdout:
             seen.append(line)
             # The first progress line of the second trial: it is running, 20 of 400 episodes in.
-            if len(seen) >= 2 and seen[-2].startswith("trial 1/3") and line.strip().startswith("["):
+            if (
+                len(seen) >= 2
+                and seen[-2].startswith("trial 1 (2 of 3)")
+                and line.strip().startswith("[")
+            ):
                 break
             assert time.time() < deadline, "".join(seen)
         else:
@@ -43,7 +47,7 @@ def test_sigkill_mid_trial_then_rerun_finishes_without_double_counting(tmp_path)
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming after 1 finished trials" in again.stdout
-    assert "trial 0/3" not in again.stdout, "the finished trial ran again"
+    assert "trial 0 (1 of 3)" not in again.stdout, "the finished trial ran again"
     results = read_json(out / "results.json")
     ids = [t["trial_id"] for t in results["trials"]]
     assert ids == ["0", "1", "2"]

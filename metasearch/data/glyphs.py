@@ -1,7 +1,8 @@
 """`glyphs`: a built-in, procedurally generated handwritten-character data set.
 
 Each class is a character made of one to four pen strokes (smooth curves
-through random control points); each of its images is the same character
+through random control points, some closing into loops), centred and scaled
+like Omniglot's characters; each of its images is the same character
 redrawn with a shaky hand: control points jittered, the whole glyph slightly
 rotated, scaled, sheared and shifted, and the pen width varied. Drawn like
 Omniglot's files: dark ink (0) on a white background (1). No files, no
@@ -27,35 +28,51 @@ _FAR_AWAY = 50.0
 
 
 def _stroke_skeleton(rng: np.random.Generator) -> np.ndarray:
-    """Control points `[MAX_STROKES, 4, 2]` of one character, in the unit square."""
+    """Control points `[MAX_STROKES, 4, 2]` of one character, centred in the unit square.
+
+    Strokes are cubic Bezier curves that wander from a start point; about one
+    in four closes on itself (a loop, like o or 9). The character is then
+    scaled to a random size and centred, as Omniglot's drawers did.
+    """
     num_strokes = rng.integers(1, MAX_STROKES + 1)
-    strokes = np.full((MAX_STROKES, 4, 2), _FAR_AWAY)
+    strokes = []
     for index in range(num_strokes):
-        start = rng.uniform(0.2, 0.8, size=2)
-        # A stroke wanders from its start; short hops keep it pen-like.
-        steps = rng.normal(0.0, 0.22, size=(3, 2))
-        points = np.clip(start + np.cumsum(steps, axis=0), 0.12, 0.88)
-        strokes[index] = np.concatenate([start[None], points], axis=0)
-    return strokes
+        start = rng.uniform(0.25, 0.75, size=2) if index else np.array([0.5, 0.5])
+        steps = rng.normal(0.0, 0.25, size=(3, 2))
+        points = start + np.cumsum(steps, axis=0)
+        if rng.uniform() < 0.25:
+            points[2] = start + rng.normal(0.0, 0.03, size=2)
+        strokes.append(np.concatenate([start[None], points], axis=0))
+    used = np.stack(strokes)
+    low, high = used.reshape(-1, 2).min(0), used.reshape(-1, 2).max(0)
+    size = rng.uniform(0.5, 0.78)
+    scale = size / max(float((high - low).max()), 1e-3)
+    used = (used - (low + high) / 2) * scale + 0.5
+    skeleton = np.full((MAX_STROKES, 4, 2), _FAR_AWAY)
+    skeleton[:num_strokes] = used
+    return skeleton
 
 
 def _drawings(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Control points `[count, MAX_STROKES, 4, 2]` and pen widths `[count]` of one character."""
     skeleton = _stroke_skeleton(rng)
-    jitter = rng.normal(0.0, 0.025, size=(count, *skeleton.shape))
+    jitter = rng.normal(0.0, 0.035, size=(count, *skeleton.shape))
     control = skeleton[None] + jitter
     # A per-drawing affine map: rotation, scale, shear and shift about the centre.
-    angle = rng.normal(0.0, 0.12, size=count)
-    scale = rng.uniform(0.88, 1.08, size=(count, 2))
-    shear = rng.normal(0.0, 0.08, size=count)
+    angle = rng.normal(0.0, 0.14, size=count)
+    scale = rng.uniform(0.85, 1.1, size=(count, 2))
+    shear = rng.normal(0.0, 0.1, size=count)
     shift = rng.normal(0.0, 0.03, size=(count, 2))
     cos, sin = np.cos(angle), np.sin(angle)
     matrix = np.stack(
-        [np.stack([cos * scale[:, 0], -sin + shear], -1), np.stack([sin, cos * scale[:, 1]], -1)],
+        [
+            np.stack([cos * scale[:, 0], -sin + shear], -1),
+            np.stack([sin, cos * scale[:, 1]], -1),
+        ],
         axis=1,
     )
     control = np.einsum("nij,nspj->nspi", matrix, control - 0.5) + 0.5 + shift[:, None, None, :]
-    width = rng.uniform(0.016, 0.026) * rng.uniform(0.85, 1.15, size=count)
+    width = rng.uniform(0.022, 0.034) * rng.uniform(0.85, 1.15, size=count)
     return control.astype(np.float32), width.astype(np.float32)
 
 
