@@ -98,3 +98,29 @@ def test_nan_and_raising_trials_fail_and_the_search_goes_on(plugin_path, tmp_pat
     board = (out / "leaderboard.txt").read_text()
     assert board.count("FAILED") == 2
     assert read_json(out / "results.json")["best_trial"] == by_mode["ok"]["trial_id"]
+
+
+def test_conformance_suite_runs_the_third_party_plugin_too(plugin_path):
+    tests_dir = FIXTURES.parent
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(tests_dir / "test_conformance.py"),
+            "-k",
+            "toy_centroid",
+            "--rootdir",
+            str(tests_dir.parent),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **_env(plugin_path)},
+        cwd=tests_dir.parent,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "5 passed" in result.stdout, result.stdout[-1000:]
