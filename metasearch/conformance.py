@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from metasearch.api import Episode, MetaLearner, SearchSpace, TaskSpec
+from metasearch.data.preprocess import normalize
 from metasearch.export import export_learner
 from metasearch.training import MetaTrainer
 
@@ -150,7 +151,7 @@ def check_export_round_trip(
             query_images=episode.query_images,
         )["logits"].numpy()
         embeddings = loaded.embed(episode.query_images)["embeddings"].numpy()
-    reference = learner.embed((episode.query_images - normalization[0]) / normalization[1]).numpy()
+    reference = learner.embed(normalize(episode.query_images, *normalization)).numpy()
     diff = float(np.max(np.abs(logits - expected)))
     assert diff <= TOLERANCE, f"reloaded logits differ by {diff}"
     assert float(np.max(np.abs(embeddings - reference))) <= TOLERANCE

@@ -23,6 +23,7 @@ Output directory layout:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -323,10 +324,14 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
             episodes.TRAIN_STREAM,
             augment=config.augment,
         )
-        trainer.build(next(iter(train_stream.take(1))))
+        # One pipeline for the whole trial: its first episode builds the
+        # variables, then is trained on like the rest.
+        stream = iter(train_stream)
+        first = next(stream)
+        trainer.build(first)
         record["parameters"] = count_parameters(learner)
         train_metrics = trainer.train(
-            train_stream,
+            itertools.chain([first], stream),
             config.episodes_per_trial,
             on_progress=lambda step, loss, acc: self.progress.trial_step(
                 trial.trial_id, step, config.episodes_per_trial, loss, acc

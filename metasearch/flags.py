@@ -12,6 +12,8 @@ from typing import Any
 
 from absl import flags
 
+from metasearch.errors import UsageError
+
 FLAGS = flags.FLAGS
 
 # --- what to search -------------------------------------------------------
@@ -217,8 +219,6 @@ def _parse_value(text: str) -> Any:
 
 def parse_fixed_hparams(items: list[str]) -> dict[str, Any]:
     """`["a/b=4", "c=cosine"]` -> `{"a/b": 4, "c": "cosine"}`."""
-    from metasearch.errors import UsageError
-
     fixed = {}
     for item in items:
         name, sep, value = item.partition("=")

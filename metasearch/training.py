@@ -7,6 +7,7 @@ optimiser, watches for divergence and scores held-out episodes.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -71,7 +72,8 @@ class MetaTrainer:
         self.learner = learner
         self.mean, self.std = (float(v) for v in normalization)
         self.base_learning_rate = float(learning_rate)
-        if total_steps is None:
+        self.decays_over_time = total_steps is None
+        if self.decays_over_time:
             schedule = self.base_learning_rate  # a variable that train_for assigns
         else:
             schedule = keras.optimizers.schedules.CosineDecay(
@@ -138,11 +140,9 @@ class MetaTrainer:
         tenth of training and the seconds spent.
         """
         iterator = iter(episodes.take(steps)) if isinstance(episodes, tf.data.Dataset) else episodes
-        losses: list[float] = []
-        accuracies: list[float] = []
-        start = time.perf_counter()
-        self._run_steps(iterator, steps, losses, accuracies, 0, on_progress, check_every)
-        return self._summary(losses, accuracies, time.perf_counter() - start)
+        log = _TrainingLog(on_progress, check_every)
+        self._run_steps(iterator, steps, log)
+        return log.summary()
 
     def train_for(
         self,
@@ -156,66 +156,69 @@ class MetaTrainer:
         The learning rate follows a cosine decay over the time budget (needs
         `total_steps=None`), so the whole budget is used whatever the speed.
         """
-        if not isinstance(self.optimizer.learning_rate, tf.Variable) and not hasattr(
-            self.optimizer.learning_rate, "assign"
-        ):
+        if not self.decays_over_time:
             raise ValueError("train_for needs a MetaTrainer made with total_steps=None")
         iterator = iter(episodes)
-        losses: list[float] = []
-        accuracies: list[float] = []
-        start = time.perf_counter()
-        step = 0
-        while (elapsed := time.perf_counter() - start) < seconds:
-            fraction = min(1.0, elapsed / seconds)
-            floor = self.final_learning_rate_fraction
-            cosine = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * fraction))
-            self.optimizer.learning_rate.assign(self.base_learning_rate * cosine)
-            step = self._run_steps(iterator, chunk, losses, accuracies, step, on_progress, chunk)
-        summary = self._summary(losses, accuracies, time.perf_counter() - start)
-        summary["steps"] = step
-        return summary
+        log = _TrainingLog(on_progress, chunk)
+        floor = self.final_learning_rate_fraction
+        while (elapsed := time.perf_counter() - log.start) < seconds:
+            cosine = 0.5 * (1.0 + math.cos(math.pi * elapsed / seconds))
+            self.optimizer.learning_rate.assign(
+                self.base_learning_rate * (floor + (1.0 - floor) * cosine)
+            )
+            self._run_steps(iterator, chunk, log)
+        return {**log.summary(), "steps": log.step}
 
-    def _run_steps(
-        self, iterator, steps, losses, accuracies, step, on_progress, check_every
-    ) -> int:
+    def _run_steps(self, iterator: Iterator, steps: int, log: _TrainingLog) -> None:
         pending = []
-        for _ in range(steps):
-            try:
-                episode = next(iterator)
-            except StopIteration:
-                break
-            step += 1
+        for episode in itertools.islice(iterator, steps):
             loss, metrics = self.train_step(episode)
             pending.append((loss, metrics["accuracy"]))
             # Reading values back forces a sync; batch it to keep steps flowing.
-            if len(pending) == check_every:
-                self._check(pending, losses, accuracies, step, on_progress, check_every)
+            if len(pending) == log.check_every:
+                log.record(pending)
+                pending = []
         if pending:
-            self._check(pending, losses, accuracies, step, on_progress, check_every)
-        return step
-
-    @staticmethod
-    def _check(pending, losses, accuracies, step, on_progress, check_every) -> None:
-        values = [(float(loss), float(acc)) for loss, acc in pending]
-        pending.clear()
-        for loss_value, accuracy_value in values:
-            if not math.isfinite(loss_value):
-                raise DivergedError(f"meta-training loss became {loss_value} by episode {step}")
-            losses.append(loss_value)
-            accuracies.append(accuracy_value)
-        if on_progress is not None:
-            on_progress(step, losses[-1], float(np.mean(accuracies[-check_every:])))
-
-    @staticmethod
-    def _summary(losses, accuracies, seconds) -> dict[str, float]:
-        tail = max(1, len(losses) // 10)
-        return {
-            "train_loss": float(np.mean(losses[-tail:])) if losses else float("nan"),
-            "train_accuracy": float(np.mean(accuracies[-tail:])) if accuracies else float("nan"),
-            "train_seconds": seconds,
-        }
+            log.record(pending)
 
     def evaluate(self, episodes: tf.data.Dataset, num_classes: int) -> np.ndarray:
         """Per-episode query accuracy over a finite episode stream."""
         results = [self.eval_step(episode, num_classes) for episode in episodes]
         return np.array([float(r) for r in results], np.float64)
+
+
+class _TrainingLog:
+    """Losses and accuracies read back from training steps, checked for divergence."""
+
+    def __init__(self, on_progress: Callable[[int, float, float], None] | None, check_every: int):
+        self.on_progress = on_progress
+        self.check_every = check_every
+        self.losses: list[float] = []
+        self.accuracies: list[float] = []
+        self.step = 0
+        self.start = time.perf_counter()
+
+    def record(self, pending: list[tuple[tf.Tensor, tf.Tensor]]) -> None:
+        for loss, accuracy in pending:
+            self.step += 1
+            loss_value = float(loss)
+            if not math.isfinite(loss_value):
+                raise DivergedError(
+                    f"meta-training loss became {loss_value} by episode {self.step}"
+                )
+            self.losses.append(loss_value)
+            self.accuracies.append(float(accuracy))
+        if self.on_progress is not None:
+            recent = self.accuracies[-self.check_every :]
+            self.on_progress(self.step, self.losses[-1], float(np.mean(recent)))
+
+    def summary(self) -> dict[str, float]:
+        """Mean loss and accuracy over the last tenth of training, and the seconds spent."""
+        tail = max(1, len(self.losses) // 10)
+        return {
+            "train_loss": float(np.mean(self.losses[-tail:])) if self.losses else float("nan"),
+            "train_accuracy": float(np.mean(self.accuracies[-tail:]))
+            if self.accuracies
+            else float("nan"),
+            "train_seconds": time.perf_counter() - self.start,
+        }

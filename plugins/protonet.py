@@ -16,7 +16,7 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
-from metasearch.api import Config, MetaLearner, TaskSpec
+from metasearch.api import Config, MetaLearner, TaskSpec, accuracy
 
 METRICS = ("sqeuclidean", "cosine")
 # 0 keeps the backbone's features as they are.
@@ -106,6 +106,4 @@ class PrototypicalNetworks(MetaLearner):
                 labels=episode.query_labels, logits=logits
             )
         )
-        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        accuracy = tf.reduce_mean(tf.cast(tf.equal(predicted, episode.query_labels), tf.float32))
-        return loss, {"accuracy": accuracy}
+        return loss, {"accuracy": accuracy(logits, episode.query_labels)}

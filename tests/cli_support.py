@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT_DIR = (REPO / ".." / "shared" / "data" / "omniglot").resolve()
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -23,13 +21,6 @@ TINY = [
     "--n_query=3",
     "--fix_hparams=conv_blocks/depth=3,conv_blocks/filters=32,conv_blocks/growth=1.0,train/learning_rate=0.002",
 ]
-
-
-def needs_omniglot():
-    return pytest.mark.skipif(
-        not (OMNIGLOT_DIR / "images_background_small1.zip").exists(),
-        reason=f"shared Omniglot archives not found in {OMNIGLOT_DIR}",
-    )
 
 
 def run_cli(*args, env=None, timeout=300, cwd=None) -> subprocess.CompletedProcess:

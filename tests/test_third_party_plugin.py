@@ -1,6 +1,7 @@
 """A plugin from another package, installed with pip, runs with no edit to metasearch."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,7 +18,8 @@ def plugin_path(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
     source = build / "toy_plugin"
-    subprocess.run(["cp", "-r", str(FIXTURES / "toy_plugin"), str(source)], check=True)
+    # A copy, so pip's build leaves nothing behind in the repository.
+    shutil.copytree(FIXTURES / "toy_plugin", source)
     result = subprocess.run(
         [
             sys.executable,

@@ -19,6 +19,13 @@ from metasearch.api import ClassSet, Episode
 TRAIN_STREAM = 1
 VAL_STREAM = 2
 TEST_STREAM = 3
+# Augmentation draws from stream + this offset, apart from episode sampling.
+AUGMENT_STREAM_OFFSET = 500
+
+
+def episode_key(seed, stream, index) -> tf.Tensor:
+    """The stateless random key of episode `index` of a stream."""
+    return tf.stack([tf.cast(seed, tf.int64) * 1000 + stream, tf.cast(index, tf.int64)])
 
 
 def sample_episode(
@@ -33,7 +40,7 @@ def sample_episode(
     """Builds episode `index` from `images [classes, per_class, h, w, c]`."""
     num_classes = tf.shape(images)[0]
     per_class = tf.shape(images)[1]
-    key = tf.stack([tf.cast(seed, tf.int64) * 1000 + stream, tf.cast(index, tf.int64)])
+    key = episode_key(seed, stream, index)
     class_key, instance_key = tf.unstack(tf.random.experimental.stateless_split(key, num=2), axis=0)
     classes = tf.argsort(tf.random.stateless_uniform([num_classes], class_key))[:n_way]
     instances = tf.argsort(tf.random.stateless_uniform([n_way, per_class], instance_key), axis=1)[
@@ -116,9 +123,7 @@ def episode_dataset(
     def make(index):
         episode = sample_episode(images, index, n_way, k_shot, n_query, seed, stream)
         if augment == "affine":
-            key = tf.stack(
-                [tf.cast(seed, tf.int64) * 1000 + stream + 500, tf.cast(index, tf.int64)]
-            )
+            key = episode_key(seed, stream + AUGMENT_STREAM_OFFSET, index)
             support_key, query_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
             episode = episode._replace(
                 support_images=random_affine(episode.support_images, support_key),
