@@ -239,9 +239,14 @@ class Job:
         write_json_atomic(os.path.join(out, "dataset.json"), self.dataset_info())
 
 
-def trial_seed(seed: int, trial_id: str) -> int:
-    digest = hashlib.sha256(f"{seed}:{trial_id}".encode()).hexdigest()
-    return int(digest[:8], 16) % (2**31 - 1)
+def derived_seed(seed: int, purpose: str) -> int:
+    """A seed in [1, 2**31 - 1) for one use (a trial, the oracle), fixed by `--seed`.
+
+    Never 0: keras-tuner's oracles replace a falsy seed with a random one,
+    which would make `--seed=0` runs unrepeatable.
+    """
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).hexdigest()
+    return int(digest[:8], 16) % (2**31 - 2) + 1
 
 
 class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
@@ -305,7 +310,7 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
     def _meta_train_and_score(self, trial, sampled, record, trial_dir) -> dict[str, Any]:
         job, config = self.job, self.job.config
         keras.backend.clear_session()
-        seed = trial_seed(config.seed, trial.trial_id)
+        seed = derived_seed(config.seed, f"trial {trial.trial_id}")
         keras.utils.set_random_seed(seed)
         learner = job.components.build_learner(sampled, job.task)
         trainer = MetaTrainer(
@@ -415,7 +420,10 @@ def make_oracle(
 ) -> keras_tuner.Oracle:
     objective = keras_tuner.Objective(OBJECTIVE, direction="max")
     common = dict(
-        objective=objective, max_trials=max_trials, seed=seed, hyperparameters=hyperparameters
+        objective=objective,
+        max_trials=max_trials,
+        seed=derived_seed(seed, "oracle"),
+        hyperparameters=hyperparameters,
     )
     if strategy == "random":
         return keras_tuner.oracles.RandomSearchOracle(**common)
