@@ -41,6 +41,9 @@ setup(
         ],
         "metasearch.search_spaces": [
             "conv_blocks = metasearch.search_spaces.conv_blocks:ConvBlocks",
+            "nasnet = metasearch.search_spaces.nasnet:NASNet",
+            "fabric = metasearch.search_spaces.fabric:NeuralFabric",
+            "nasbench201 = metasearch.search_spaces.nasbench201:NASBench201",
         ],
         "metasearch.datasets": [
             "glyphs = metasearch.data.glyphs:Glyphs",

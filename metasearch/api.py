@@ -60,39 +60,110 @@ class TaskSpec:
     image_shape: tuple[int, int, int]
 
 
+@dataclasses.dataclass(frozen=True)
+class CellGraph:
+    """A cell as a small DAG, for pictures and descriptions.
+
+    `inputs` are the cell's input states (e.g. `("h[i-2]", "h[i-1]")`),
+    `nodes` its intermediate states in order, `output` the output state.
+    Each edge `(source, target, operation)` applies `operation` to `source`
+    and feeds the result to `target`; a target sums (or, for `output`,
+    concatenates) what its edges bring. Use operation `"concat"` or `"sum"`
+    for plain data flow into `output`.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    nodes: tuple[str, ...]
+    output: str
+    edges: tuple[tuple[str, str, str], ...]
+
+
 class SearchSpace(abc.ABC):
     """A family of backbones: images `[batch, h, w, c]` to features `[batch, d]`.
+
+    A search space is instantiated with its options (`SearchSpace(options)`),
+    settings from flags that shape the space itself rather than being searched
+    (e.g. NASNet's number of blocks per cell). `OPTIONS` lists every option and
+    its default; unknown option names raise `ValueError`.
 
     Contract:
     * `sample_config(hp)` declares the architecture's hyperparameters on the
       keras-tuner `HyperParameters` object and returns the sampled values as a
       JSON-serialisable dict. Called once at search start (to declare the
       space) and once per trial with that trial's values; it must be
-      deterministic given `hp`'s values. Names should be prefixed with the
-      search space's name to stay unique.
-    * `build(config, input_shape)` returns an unbuilt-or-built `keras.Model`
-      (or layer) whose call `(images, training=...)` maps normalised images of
-      `input_shape` to a float32 `[batch, d]` feature matrix. The model must be
-      traceable under `tf.function` with a variable batch size and compilable
-      with XLA (`jit_compile=True`).
+      deterministic given `hp`'s values and declare the same hyperparameters
+      every time (no conditional scopes). Names are prefixed with the search
+      space's name to stay unique. Genotype spaces declare one `Choice` per
+      token (an input or an operation), in the order a controller would emit
+      them: search strategies mutate and generate architectures through these
+      hyperparameters alone.
+    * `build(config, input_shape)` returns a `keras.Model` whose call
+      `(images, training=...)` maps normalised images of `input_shape` to a
+      float32 `[batch, d]` feature matrix. The model must be traceable under
+      `tf.function` with a variable batch size and compilable with XLA
+      (`jit_compile=True`).
     * `describe(config)` returns a short human-readable architecture string
       for leaderboards, e.g. `"conv4-64"`.
+    * Optional, for spaces with cells: `genotype(config)` returns the
+      architecture as plain JSON (what `config_from_genotype` turns back into
+      the identical config); `cells(config, backbone)` returns the trained
+      cell sub-models of a built backbone by name, each a `keras.Model`
+      callable on its input tensor(s); `cell_graphs(config)` describes each
+      cell for pictures.
+    * Optional, for spaces with a tabular benchmark: `table_key(config)` is
+      the architecture's key in the table's `TABLE_KEY_COLUMN`.
     """
 
+    OPTIONS: Mapping[str, Any] = {}
+    TABLE_KEY_COLUMN: str | None = None
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            known = ", ".join(sorted(self.OPTIONS)) or "none"
+            raise ValueError(
+                f"{type(self).__name__}: unknown options {', '.join(unknown)}; known: {known}"
+            )
+        self.options = {**self.OPTIONS, **options}
+
     @classmethod
+    def test_options(cls) -> dict[str, Any]:
+        """Options giving the smallest useful instance, for fast conformance tests."""
+        return {}
+
     @abc.abstractmethod
-    def sample_config(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
+    def sample_config(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
         """Declares hyperparameters on `hp` and returns the sampled architecture."""
 
-    @classmethod
     @abc.abstractmethod
-    def build(cls, config: Config, input_shape: tuple[int, int, int]) -> keras.layers.Layer:
+    def build(self, config: Config, input_shape: tuple[int, int, int]) -> keras.Model:
         """Returns the backbone for `config` on inputs of `input_shape`."""
 
-    @classmethod
-    def describe(cls, config: Config) -> str:
+    def describe(self, config: Config) -> str:
         """Short architecture string for leaderboards."""
         return ",".join(f"{k}={v}" for k, v in sorted(config.items()))
+
+    def genotype(self, config: Config) -> dict[str, Any] | None:
+        """The architecture as plain JSON, or None for spaces without a genotype."""
+        return None
+
+    def config_from_genotype(self, genotype: Mapping[str, Any]) -> dict[str, Any]:
+        """The config whose `genotype` is `genotype` (its exact inverse)."""
+        raise NotImplementedError(f"{type(self).__name__} has no genotype")
+
+    def cells(self, config: Config, backbone: keras.Model) -> dict[str, keras.Model]:
+        """The trained cells inside `backbone` by name; empty for spaces without cells."""
+        return {}
+
+    def cell_graphs(self, config: Config) -> list[CellGraph]:
+        """One graph per cell type, for pictures; empty for spaces without cells."""
+        return []
+
+    def table_key(self, config: Config) -> str:
+        """The architecture's key in a tabular benchmark (see `TABLE_KEY_COLUMN`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no tabular benchmark")
 
 
 class MetaLearner(keras.layers.Layer, abc.ABC):

@@ -71,12 +71,15 @@ def sample_configs(component, count: int, seed: int = 0) -> list[dict]:
 
 def build_learner(
     plugin: type[MetaLearner],
-    space: type[SearchSpace],
+    space: SearchSpace | type[SearchSpace],
     task: TaskSpec,
     plugin_config: dict | None = None,
     space_config: dict | None = None,
 ) -> MetaLearner:
+    """A learner of `plugin` on a backbone of `space` (a class gets its `test_options`)."""
     keras.utils.set_random_seed(0)
+    if isinstance(space, type):
+        space = space(space.test_options())
     space_config = space_config or sample_configs(space, 1)[0]
     plugin_config = plugin_config or sample_configs(plugin, 1)[0]
     return plugin(space.build(space_config, task.image_shape), plugin_config, task)

@@ -95,10 +95,20 @@ def read_json(path: str) -> Any:
 class Components:
     """The registered classes a run uses, looked up by name (unknown names fail)."""
 
-    def __init__(self, plugin: str, search_space: str, dataset: str):
+    def __init__(
+        self,
+        plugin: str,
+        search_space: str,
+        dataset: str,
+        space_options: dict[str, Any] | None = None,
+    ):
         self.plugin_name, self.space_name, self.dataset_name = plugin, search_space, dataset
         self.plugin: type[MetaLearner] = registry.load("plugin", plugin, "plugin")
-        self.space: type[SearchSpace] = registry.load("search_space", search_space, "search_space")
+        space_class: type[SearchSpace] = registry.load("search_space", search_space, "search_space")
+        try:
+            self.space: SearchSpace = space_class(space_options or {})
+        except ValueError as error:
+            raise UsageError(f"--search_space={search_space}: {error}") from None
         self.dataset: type[Dataset] = registry.load("dataset", dataset, "dataset")
 
     def sample(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:

@@ -33,16 +33,14 @@ def block_widths(config: Config) -> list[int]:
 class ConvBlocks(SearchSpace):
     """Stacks of conv-BN-ReLU-pool blocks (depth, widths)."""
 
-    @classmethod
-    def sample_config(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
+    def sample_config(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
         return {
             "depth": hp.Choice("conv_blocks/depth", list(DEPTHS), default=4),
             "filters": hp.Choice("conv_blocks/filters", list(FILTERS), default=64),
             "growth": hp.Choice("conv_blocks/growth", list(GROWTHS), default=1.0),
         }
 
-    @classmethod
-    def build(cls, config: Config, input_shape: tuple[int, int, int]) -> keras.Model:
+    def build(self, config: Config, input_shape: tuple[int, int, int]) -> keras.Model:
         inputs = keras.Input(input_shape)
         x = inputs
         size = min(input_shape[0], input_shape[1])
@@ -58,8 +56,7 @@ class ConvBlocks(SearchSpace):
         x = keras.layers.Flatten(name="flatten")(x)
         return keras.Model(inputs, x, name="conv_blocks")
 
-    @classmethod
-    def describe(cls, config: Config) -> str:
+    def describe(self, config: Config) -> str:
         widths = block_widths(config)
         if len(set(widths)) == 1:
             return f"conv{config['depth']}-{widths[0]}"

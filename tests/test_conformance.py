@@ -1,5 +1,7 @@
 """Every registered plugin and search space through the same checks."""
 
+import json
+
 import pytest
 
 from metasearch import conformance, registry
@@ -8,14 +10,22 @@ PLUGINS = registry.names("plugin")
 SPACES = registry.names("search_space")
 BASE_SPACE = "conv_blocks"
 BASE_PLUGIN = "protonet"
+# Every search space must serve both the small grey and the larger colour setting.
+INPUT_SETTINGS = [(28, 1), (84, 3)]
 
 
-def _pair(plugin_name, space_name, plugin_config=None, space_config=None, image_size=28):
+def _space(space_name):
+    space_class = registry.load("search_space", space_name)
+    return space_class(space_class.test_options())
+
+
+def _pair(plugin_name, space_name, plugin_config=None, space_config=None, image_size=28, channels=1):
     plugin = registry.load("plugin", plugin_name)
-    space = registry.load("search_space", space_name)
-    task = conformance.tiny_task(image_size)
+    task = conformance.tiny_task(image_size, channels)
     small = {"depth": 3, "filters": 16, "growth": 1.0} if space_name == "conv_blocks" else None
-    learner = conformance.build_learner(plugin, space, task, plugin_config, space_config or small)
+    learner = conformance.build_learner(
+        plugin, _space(space_name), task, plugin_config, space_config or small
+    )
     return learner, task
 
 
@@ -46,13 +56,29 @@ def test_every_sampled_plugin_config_trains_and_compiles(plugin_name):
         conformance.check_compiles_with_xla(learner, task)
 
 
+@pytest.mark.parametrize("image_size,channels", INPUT_SETTINGS)
 @pytest.mark.parametrize("space_name", SPACES)
-def test_search_space_samples_build_train_trace_compile_export(space_name, tmp_path):
-    space = registry.load("search_space", space_name)
-    for index, config in enumerate(conformance.sample_configs(space, 3, seed=2)):
-        learner, task = _pair(BASE_PLUGIN, space_name, space_config=config)
-        conformance.check_traces_with_variable_batch(learner, task)
-        conformance.check_compiles_with_xla(learner, task)
-        if index == 0:
-            conformance.check_trains(learner, task)
-            conformance.check_export_round_trip(learner, task, str(tmp_path))
+def test_search_space_sample_builds_trains_traces_compiles_exports(
+    space_name, image_size, channels, tmp_path
+):
+    # A random sample (index 1; index 0 is the defaults), not only the defaults.
+    config = conformance.sample_configs(_space(space_name), 2, seed=image_size)[1]
+    learner, task = _pair(
+        BASE_PLUGIN, space_name, space_config=config, image_size=image_size, channels=channels
+    )
+    conformance.check_traces_with_variable_batch(learner, task)
+    conformance.check_trains(learner, task, steps=3)
+    conformance.check_compiles_with_xla(learner, task)
+    conformance.check_export_round_trip(learner, task, str(tmp_path))
+
+
+@pytest.mark.parametrize("space_name", SPACES)
+def test_genotype_json_round_trips(space_name):
+    space = _space(space_name)
+    configs = conformance.sample_configs(space, 200, seed=3)
+    if space.genotype(configs[0]) is None:
+        pytest.skip(f"{space_name} has no genotype")
+    for config in configs:
+        text = json.dumps(space.genotype(config))
+        assert space.config_from_genotype(json.loads(text)) == config
+        assert json.dumps(space.genotype(space.config_from_genotype(json.loads(text)))) == text
