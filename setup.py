@@ -32,6 +32,8 @@ setup(
         "absl-py>=1.0",
         "numpy",
         "pillow",
+        "matplotlib>=3.5",  # cell pictures and search-progress plots (no system graphviz)
+        "grpcio",  # distributed search: the chief serves keras-tuner's oracle over gRPC
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
     entry_points={

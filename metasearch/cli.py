@@ -88,8 +88,10 @@ def main(argv: list[str]) -> None:
             controller.search(config, ms_flags.flagfile_text())
         else:
             parsed = ms_flags.FLAGS
-            path = controller.export_trial(parsed.output_dir, parsed.trial, parsed.export_dir)
-            print(f"Exported trial {parsed.trial} to {path}")
+            path = controller.export_trial(
+                parsed.output_dir, parsed.trial, parsed.export_dir, what=parsed.what
+            )
+            print(f"Exported the {parsed.what} of trial {parsed.trial} to {path}")
     except UsageError as error:
         fail(str(error))
 

@@ -22,6 +22,7 @@ Output directory layout:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -29,6 +30,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from typing import Any
@@ -39,12 +41,13 @@ import numpy as np
 import tensorflow as tf
 
 import metasearch
-from metasearch import registry
+from metasearch import distributed, plots, registry, strategies
 from metasearch.api import ClassSplits, Dataset, DatasetOptions, MetaLearner, SearchSpace, TaskSpec
 from metasearch.data import episodes
 from metasearch.errors import UsageError
-from metasearch.export import export_learner
+from metasearch.export import cell_input_names, export_cells, export_learner
 from metasearch.flags import RunConfig, describe_difference
+from metasearch.flops import estimate_flops
 from metasearch.progress import Progress
 from metasearch.training import DivergedError, MetaTrainer, count_parameters, resolve_jit_compile
 
@@ -60,8 +63,10 @@ OWNED_ENTRIES = (
     PROJECT_NAME,
     "results.json",
     "leaderboard.txt",
+    "search_progress.png",
     "export",
 )
+PROGRESS_PICTURE = "search_progress.png"
 LEARNING_RATES = (3e-4, 3e-3)
 
 
@@ -101,8 +106,11 @@ class Components:
         search_space: str,
         dataset: str,
         space_options: dict[str, Any] | None = None,
+        trains: bool = True,
     ):
         self.plugin_name, self.space_name, self.dataset_name = plugin, search_space, dataset
+        # A tabular evaluator never trains: only the architecture is searched.
+        self.trains = trains
         self.plugin: type[MetaLearner] = registry.load("plugin", plugin, "plugin")
         space_class: type[SearchSpace] = registry.load("search_space", search_space, "search_space")
         try:
@@ -113,8 +121,11 @@ class Components:
 
     def sample(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
         """Declares the joint space (architecture, learner, training) and samples it."""
+        architecture = self.space.sample_config(hp)
+        if not self.trains:
+            return {"architecture": architecture, "plugin": {}, "learning_rate": None}
         return {
-            "architecture": self.space.sample_config(hp),
+            "architecture": architecture,
             "plugin": self.plugin.sample_config(hp),
             "learning_rate": hp.Float(
                 "train/learning_rate",
@@ -189,14 +200,55 @@ def check_episode_shapes(config: RunConfig, splits: ClassSplits) -> None:
             )
 
 
-class Job:
-    """A validated search: components, data, task and output directory."""
+def load_table(config: RunConfig, space: SearchSpace):
+    """The tabular benchmark for `--evaluator=table`, checked against the search space."""
+    from metasearch.tabular import Table
 
-    def __init__(self, config: RunConfig):
+    if not config.table:
+        raise UsageError("--table: --evaluator=table needs --table=PATH (a CSV of architectures)")
+    if space.TABLE_KEY_COLUMN is None:
+        raise UsageError(
+            f"--evaluator=table: search space {config.search_space} has no tabular benchmark"
+        )
+    if config.max_params is not None:
+        raise UsageError("--max_params: a table-scored search trains nothing to limit")
+    return Table(config.table, config.table_column, space.TABLE_KEY_COLUMN)
+
+
+class Job:
+    """A validated search: components, data (or table), task and output directory.
+
+    `role` is `"local"`, `"chief"` or `"worker"` (see `metasearch.distributed`).
+    Workers never start over or rewrite the run's description: the chief owns it.
+    """
+
+    def __init__(self, config: RunConfig, role: str = "local"):
         self.config = config
-        self.components = Components(config.plugin, config.search_space, config.dataset)
+        self.role = role
+        self.trains = config.evaluator == "train"
+        self.components = Components(
+            config.plugin, config.search_space, config.dataset, config.space_options, self.trains
+        )
         self.fixed = fixed_hyperparameters(self.components, config.fix_hparams)
+        if role == "worker" and config.overwrite:
+            raise UsageError(
+                "--overwrite: only the chief (KERASTUNER_TUNER_ID=chief) may start over"
+            )
         check_output_dir(config)
+        self.table = None
+        self.splits = None
+        self.channels = None
+        self.normalization = (0.0, 1.0)
+        self.task = None
+        if self.trains:
+            self._load_data()
+        else:
+            self.table = load_table(config, self.components.space)
+        self.jit_compile = resolve_jit_compile(config.jit_compile)
+        check_same_run(config)
+
+    def _load_data(self) -> None:
+        config = self.config
         options = DatasetOptions(
             data_dir=config.data_dir,
             image_size=config.image_size,
@@ -214,14 +266,28 @@ class Job:
             n_query=config.n_query,
             image_shape=(config.image_size, config.image_size, self.channels),
         )
-        self.jit_compile = resolve_jit_compile(config.jit_compile)
-        check_same_run(config)
+
+    def candidate_violation(self, values: dict[str, Any]) -> str | None:
+        """Why a candidate breaks `--max_params` (built, not trained), or None if it fits."""
+        hp = keras_tuner.HyperParameters()
+        hp.values = dict(values)
+        sampled = self.components.sample(hp)
+        keras.backend.clear_session()
+        learner = self.components.build_learner(sampled, self.task)
+        build_from_shapes(learner, self.task, self.normalization)
+        parameters = count_parameters(learner)
+        keras.backend.clear_session()
+        if parameters > self.config.max_params:
+            return f"{parameters:,} parameters > --max_params={self.config.max_params:,}"
+        return None
 
     @property
     def project_dir(self) -> str:
         return os.path.join(self.config.output_dir, PROJECT_NAME)
 
     def dataset_info(self) -> dict[str, Any]:
+        if not self.trains:
+            return {"evaluator": "table", "table": self.config.table}
         return {
             "dataset": self.config.dataset,
             "channels": self.channels,
@@ -262,14 +328,18 @@ def derived_seed(seed: int, purpose: str) -> int:
 class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
     """keras-tuner tuner whose trial meta-trains and scores one few-shot learner.
 
-    keras-tuner keeps the books (oracle, trial states, resume, retries); a
-    trial that diverges or raises is reported with `FailedTrialError` and the
-    search goes on.
+    keras-tuner keeps the books (oracle, trial states, resume, retries,
+    distribution); a trial that diverges or raises is reported with
+    `FailedTrialError` and the search goes on. With `--evaluator=table` a trial
+    reads its score from the table instead of training.
     """
 
     def __init__(self, job: Job, oracle: keras_tuner.Oracle, progress: Progress):
         self.job = job
         self.progress = progress
+        if job.role != "worker" and job.config.max_params is not None:
+            # Rejected candidates are never trials: the strategy proposes others.
+            oracle.candidate_filter = job.candidate_violation
         super().__init__(
             oracle=oracle,
             hypermodel=job.components.sample,
@@ -278,28 +348,66 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
             overwrite=False,
         )
 
+    def search(self, *fit_args, **fit_kwargs):
+        """keras-tuner's search loop; the chief serves the oracle, waiting workers sleep."""
+        if self.job.role == "chief":
+            self.save()
+            distributed.serve(
+                self.oracle,
+                self.job.config.worker_timeout,
+                report=lambda line: self.progress.note(line),
+            )
+            return
+        if self.job.role == "local":
+            self.oracle.verbose = 0
+        self.on_search_begin()
+        while True:
+            self.pre_create_trial()
+            trial = self.oracle.create_trial(self.tuner_id)
+            if trial.status == keras_tuner.engine.trial.TrialStatus.STOPPED:
+                break
+            if trial.status == keras_tuner.engine.trial.TrialStatus.IDLE:
+                # Others still run trials that may come back; ask again shortly.
+                time.sleep(1.0)
+                continue
+            self.on_trial_begin(trial)
+            self._try_run_and_update_trial(trial, *fit_args, **fit_kwargs)
+            self.on_trial_end(trial)
+        self.on_search_end()
+
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
         # The leaderboard on disk is current after every trial, not only at the end.
         write_results(self.job.config.output_dir, self.job.config.to_json())
 
     def run_trial(self, trial, *args, **kwargs):
-        config = self.job.config
+        config, space = self.job.config, self.job.components.space
         started = time.time()
         sampled = self.job.components.sample(trial.hyperparameters)
         record: dict[str, Any] = {
             "trial_id": trial.trial_id,
-            "architecture": self.job.components.space.describe(sampled["architecture"]),
+            "architecture": space.describe(sampled["architecture"]),
             "architecture_config": sampled["architecture"],
-            "plugin": config.plugin,
+            "genotype": space.genotype(sampled["architecture"]),
+            "plugin": config.plugin if self.job.trains else None,
             "plugin_config": sampled["plugin"],
             "hyperparameters": dict(trial.hyperparameters.values),
+            "worker": self.tuner_id,
         }
         trial_dir = self.get_trial_dir(trial.trial_id)
         os.makedirs(trial_dir, exist_ok=True)
         self.progress.trial_started(trial.trial_id, record)
+        heartbeat = (
+            distributed.Heartbeat(self.oracle, trial.trial_id, max(1.0, config.worker_timeout / 4))
+            if self.job.role == "worker"
+            else contextlib.nullcontext()
+        )
         try:
-            metrics = self._meta_train_and_score(trial, sampled, record, trial_dir)
+            with heartbeat:
+                if self.job.trains:
+                    metrics = self._meta_train_and_score(trial, sampled, record, trial_dir)
+                else:
+                    metrics = self._look_up(sampled)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:  # noqa: BLE001 - any failure fails the trial only
@@ -310,24 +418,56 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
             )
             write_json_atomic(os.path.join(trial_dir, TRIAL_RECORD), record)
             self.progress.trial_failed(trial.trial_id, record["error"])
-            detail = "" if isinstance(error, DivergedError) else "\n" + traceback.format_exc()
+            quiet = isinstance(error, (DivergedError, UsageError, BudgetError))
+            detail = "" if quiet else "\n" + traceback.format_exc()
             raise keras_tuner.errors.FailedTrialError(record["error"] + detail) from error
         record.update(status="COMPLETED", wall_seconds=time.time() - started, **metrics)
         write_json_atomic(os.path.join(trial_dir, TRIAL_RECORD), record)
         self.progress.trial_finished(trial.trial_id, record)
         return {OBJECTIVE: metrics["val_accuracy"]}
 
+    def _look_up(self, sampled) -> dict[str, Any]:
+        key = self.job.components.space.table_key(sampled["architecture"])
+        value = self.job.table.lookup(key)
+        return {
+            "val_accuracy": value / 100.0,
+            "table_key": key,
+            "table_column": self.job.config.table_column,
+        }
+
+    def _episode_budget(self, trial) -> tuple[int, int, str | None]:
+        """(episodes in total, episodes already trained by the parent, parent trial id).
+
+        Hyperband gives a trial `tuner/epochs` budget units out of
+        `--hyperband_max_epochs`, and a promoted trial continues from its
+        parent's weights (`tuner/trial_id`) where `tuner/initial_epoch` ended.
+        """
+        values = trial.hyperparameters.values
+        total_episodes = self.job.config.episodes_per_trial
+        if "tuner/epochs" not in values:
+            return total_episodes, 0, None
+        max_epochs = self.job.config.strategy_options.get("max_epochs", 9)
+
+        def episodes_for(epochs):
+            return max(1, round(total_episodes * epochs / max_epochs))
+
+        parent = values.get("tuner/trial_id")
+        done = episodes_for(values["tuner/initial_epoch"]) if parent else 0
+        return episodes_for(values["tuner/epochs"]), done, parent
+
     def _meta_train_and_score(self, trial, sampled, record, trial_dir) -> dict[str, Any]:
         job, config = self.job, self.job.config
         keras.backend.clear_session()
         seed = derived_seed(config.seed, f"trial {trial.trial_id}")
         keras.utils.set_random_seed(seed)
+        total, done, parent = self._episode_budget(trial)
+        steps = max(1, total - done)
         learner = job.components.build_learner(sampled, job.task)
         trainer = MetaTrainer(
             learner,
             job.normalization,
             learning_rate=sampled["learning_rate"],
-            total_steps=config.episodes_per_trial,
+            total_steps=steps,
             jit_compile=job.jit_compile,
         )
         train_stream = episodes.episode_dataset(
@@ -345,11 +485,20 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
         first = next(stream)
         trainer.build(first)
         record["parameters"] = count_parameters(learner)
+        if config.max_params is not None and record["parameters"] > config.max_params:
+            raise BudgetError(
+                f"{record['parameters']:,} parameters > --max_params={config.max_params:,}"
+            )
+        record["flops"] = backbone_flops(learner, job.task)
+        if parent:
+            load_weights(learner, os.path.join(self.get_trial_dir(parent), WEIGHTS_FILE))
+            record["continues_trial"] = parent
+        record["episodes"] = total
         train_metrics = trainer.train(
             itertools.chain([first], stream),
-            config.episodes_per_trial,
+            steps,
             on_progress=lambda step, loss, acc: self.progress.trial_step(
-                trial.trial_id, step, config.episodes_per_trial, loss, acc
+                trial.trial_id, step, steps, loss, acc
             ),
         )
         val_stream = episodes.episode_dataset(
@@ -371,6 +520,18 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
             "jit_compile": job.jit_compile,
             **train_metrics,
         }
+
+
+class BudgetError(Exception):
+    """A candidate over `--max_params` reached training (the oracle should have rejected it)."""
+
+
+def backbone_flops(learner: MetaLearner, task: TaskSpec) -> int | None:
+    """FLOPs of the backbone on one image; None when the estimate cannot be made."""
+    try:
+        return estimate_flops(learner.backbone, task.image_shape)
+    except Exception:  # noqa: BLE001 - an estimate must never fail a trial
+        return None
 
 
 def save_weights(learner: MetaLearner, path: str) -> None:
@@ -427,21 +588,18 @@ def make_oracle(
     max_trials: int,
     seed: int,
     hyperparameters: keras_tuner.HyperParameters | None = None,
+    options: dict[str, Any] | None = None,
 ) -> keras_tuner.Oracle:
-    objective = keras_tuner.Objective(OBJECTIVE, direction="max")
-    common = dict(
-        objective=objective,
+    """The `--strategy` oracle, seeded from `--seed`, able to serve a distributed search."""
+    oracle = strategies.make_oracle(
+        strategy,
+        objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
         max_trials=max_trials,
         seed=derived_seed(seed, "oracle"),
         hyperparameters=hyperparameters,
+        options=options or {},
     )
-    if strategy == "random":
-        return keras_tuner.oracles.RandomSearchOracle(**common)
-    if strategy == "bayesian":
-        return keras_tuner.oracles.BayesianOptimizationOracle(**common)
-    if strategy == "grid":
-        return keras_tuner.oracles.GridSearchOracle(**common)
-    raise UsageError(f"--strategy: unknown strategy {strategy!r}; known: random, bayesian, grid")
+    return distributed.with_liveness(oracle)
 
 
 def collect_results(job_dir: str) -> list[dict[str, Any]]:
@@ -482,10 +640,16 @@ def best_trial(results: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
     """A plain-text table of trials, best first."""
-    title = (
-        f"Leaderboard: {config['plugin']} on {config['dataset']}, {config['n_way']}-way "
-        f"{config['k_shot']}-shot meta-validation accuracy (mean ± 95% CI)"
-    )
+    if config.get("evaluator") == "table":
+        title = (
+            f"Leaderboard: {config['search_space']} scored from {config['table']} "
+            f"(column {config['table_column']})"
+        )
+    else:
+        title = (
+            f"Leaderboard: {config['plugin']} on {config['dataset']}, {config['n_way']}-way "
+            f"{config['k_shot']}-shot meta-validation accuracy (mean ± 95% CI)"
+        )
     ordered = sorted(
         results,
         key=lambda r: (r["status"] != "COMPLETED", -r.get("val_accuracy", 0.0), r["trial_id"]),
@@ -494,15 +658,16 @@ def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
     lines = [title, header, "-" * len(header)]
     for rank, r in enumerate(ordered, start=1):
         if r["status"] == "COMPLETED" and "val_accuracy" in r:
-            score = f"{100 * r['val_accuracy']:6.2f} ± {100 * r.get('val_ci95', 0):5.2f}%"
+            score = f"{100 * r['val_accuracy']:6.2f}"
+            score += f" ± {100 * r['val_ci95']:5.2f}%" if "val_ci95" in r else "%"
         else:
             score = "-"
-        params = f"{r['parameters']:,}" if "parameters" in r else "-"
+        params = f"{r['parameters']:,}" if r.get("parameters") is not None else "-"
         wall = f"{r['wall_seconds']:.0f}s" if "wall_seconds" in r else "-"
         learner = ", ".join(f"{k}={v}" for k, v in sorted(r.get("plugin_config", {}).items()))
         lr = r.get("hyperparameters", {}).get("train/learning_rate")
         learner += f", lr={lr:.1e}" if isinstance(lr, float) else ""
-        what = f"{r.get('architecture', '?')} / {learner}"
+        what = f"{r.get('architecture', '?')}" + (f" / {learner}" if learner else "")
         if r["status"] != "COMPLETED" and r.get("error"):
             what += f"  [{r['error'][:80]}]"
         lines.append(
@@ -537,33 +702,60 @@ def versions() -> dict[str, str]:
     }
 
 
-def export_trial(output_dir: str, trial_id: str = "best", export_dir: str | None = None) -> str:
-    """Rebuilds a finished trial from its output directory and exports it; returns the path."""
-    config_path = os.path.join(output_dir, "config.json")
-    if not os.path.exists(config_path):
-        raise UsageError(f"--output_dir: {output_dir} holds no metasearch run (no config.json)")
-    config = read_json(config_path)["config"]
-    data = read_json(os.path.join(output_dir, "dataset.json"))
-    results = collect_results(output_dir)
+def choose_trial(output_dir: str, trial_id: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The finished trial `trial_id` (or the best) of a run; UsageError if there is none."""
     if trial_id == "best":
         chosen = best_trial(results)
         if chosen is None:
             raise UsageError(f"--trial=best: no completed trial in {output_dir}")
-    else:
-        matches = [r for r in results if r["trial_id"] == trial_id]
-        if not matches:
-            known = ", ".join(r["trial_id"] for r in results) or "none"
-            raise UsageError(f"--trial={trial_id}: no such trial in {output_dir} (trials: {known})")
-        chosen = matches[0]
-        if chosen["status"] != "COMPLETED":
-            raise UsageError(f"--trial={trial_id}: the trial is {chosen['status']}, not COMPLETED")
+        return chosen
+    matches = [r for r in results if r["trial_id"] == trial_id]
+    if not matches:
+        known = ", ".join(r["trial_id"] for r in results) or "none"
+        raise UsageError(f"--trial={trial_id}: no such trial in {output_dir} (trials: {known})")
+    if matches[0]["status"] != "COMPLETED":
+        raise UsageError(f"--trial={trial_id}: the trial is {matches[0]['status']}, not COMPLETED")
+    return matches[0]
+
+
+EXPORT_KINDS = ("learner", "cell")
+
+
+def restore_trial(output_dir: str, trial_id: str = "best"):
+    """Rebuilds a finished trial's learner with its trained weights.
+
+    Returns `(learner, search space, architecture config)`; `trial_id` may be
+    `"best"`. The run's description (`config.json`, `dataset.json`) says how.
+    """
+    run = _read_run(output_dir)
+    chosen = choose_trial(output_dir, trial_id, collect_results(output_dir))
+    learner, components, _ = _rebuild(output_dir, run, chosen)
+    return learner, components.space, chosen["architecture_config"]
+
+
+def _read_run(output_dir: str) -> dict[str, Any]:
+    config_path = os.path.join(output_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise UsageError(f"--output_dir: {output_dir} holds no metasearch run (no config.json)")
+    config = read_json(config_path)["config"]
+    if config.get("evaluator", "train") != "train":
+        raise UsageError(
+            f"--output_dir: {output_dir} was scored from a table; its trials have no weights "
+            "to export (their genotypes are in results.json)"
+        )
+    return {"config": config, "data": read_json(os.path.join(output_dir, "dataset.json"))}
+
+
+def _rebuild(output_dir: str, run: dict[str, Any], chosen: dict[str, Any]):
+    config, data = run["config"], run["data"]
     weights_path = os.path.join(
         output_dir, PROJECT_NAME, f"trial_{chosen['trial_id']}", WEIGHTS_FILE
     )
     if not os.path.exists(weights_path):
         raise UsageError(f"--trial={chosen['trial_id']}: its weights are missing ({weights_path})")
-
-    components = Components(config["plugin"], config["search_space"], config["dataset"])
+    components = Components(
+        config["plugin"], config["search_space"], config["dataset"], config.get("space_options")
+    )
     task = TaskSpec(
         n_way=config["train_n_way"],
         k_shot=config["k_shot"],
@@ -579,14 +771,45 @@ def export_trial(output_dir: str, trial_id: str = "best", export_dir: str | None
     learner = components.build_learner(sampled, task)
     build_from_shapes(learner, task, data["normalization"])
     load_weights(learner, weights_path)
+    return learner, components, task
+
+
+def export_trial(
+    output_dir: str,
+    trial_id: str = "best",
+    export_dir: str | None = None,
+    what: str = "learner",
+) -> str:
+    """Rebuilds a finished trial from its output directory and exports it; returns the path.
+
+    `what="learner"` writes the few-shot learner SavedModel; `what="cell"` the
+    search space's cells (one signature each) with the weights they were
+    trained with, the genotype JSON and a picture of each cell.
+    """
+    if what not in EXPORT_KINDS:
+        raise UsageError(f"--what: unknown {what!r}; known: {', '.join(EXPORT_KINDS)}")
+    run = _read_run(output_dir)
+    config, data = run["config"], run["data"]
+    chosen = choose_trial(output_dir, trial_id, collect_results(output_dir))
+    space = Components(
+        config["plugin"], config["search_space"], config["dataset"], config.get("space_options")
+    ).space
+    if what == "cell" and not space.cell_graphs(chosen["architecture_config"]):
+        raise UsageError(
+            f"--what=cell: search space {config['search_space']} has no cells; "
+            "export the learner (--what=learner)"
+        )
+    learner, components, task = _rebuild(output_dir, run, chosen)
     metadata = {
         "format": 1,
         "trial_id": chosen["trial_id"],
         "plugin": config["plugin"],
         "plugin_config": chosen["plugin_config"],
         "search_space": config["search_space"],
+        "space_options": config.get("space_options", {}),
         "architecture": chosen.get("architecture"),
         "architecture_config": chosen["architecture_config"],
+        "genotype": components.space.genotype(chosen["architecture_config"]),
         "hyperparameters": chosen["hyperparameters"],
         "dataset": config["dataset"],
         "channels": data["channels"],
@@ -599,17 +822,22 @@ def export_trial(output_dir: str, trial_id: str = "best", export_dir: str | None
             "eval_n_way": config["n_way"],
             "eval_k_shot": config["k_shot"],
             "parameters": chosen.get("parameters"),
-        },
-        "signatures": {
-            "few_shot": "few_shot(support_images [s,h,w,c] float32 in [0,1], support_labels [s] int32, "
-            "query_images [q,h,w,c] float32 in [0,1]) -> {'logits': [q, num_classes]}",
-            "embed": "embed(images [n,h,w,c] float32 in [0,1]) -> {'embeddings': [n, d]}",
+            "flops": chosen.get("flops"),
         },
         "versions": versions(),
     }
     if export_dir is None:
-        name = "best_learner" if trial_id == "best" else f"trial_{chosen['trial_id']}_learner"
-        export_dir = os.path.join(output_dir, "export", name)
+        name = "best" if trial_id == "best" else f"trial_{chosen['trial_id']}"
+        export_dir = os.path.join(output_dir, "export", f"{name}_{what}")
+    if what == "cell":
+        return _export_cells(
+            components.space, chosen["architecture_config"], learner, export_dir, metadata
+        )
+    metadata["signatures"] = {
+        "few_shot": "few_shot(support_images [s,h,w,c] float32 in [0,1], support_labels [s] int32, "
+        "query_images [q,h,w,c] float32 in [0,1]) -> {'logits': [q, num_classes]}",
+        "embed": "embed(images [n,h,w,c] float32 in [0,1]) -> {'embeddings': [n, d]}",
+    }
     return export_learner(
         learner,
         export_dir,
@@ -618,6 +846,24 @@ def export_trial(output_dir: str, trial_id: str = "best", export_dir: str | None
         normalization=tuple(data["normalization"]),
         metadata=metadata,
     )
+
+
+def _export_cells(space: SearchSpace, architecture, learner, export_dir, metadata) -> str:
+    cells = space.cells(architecture, learner.backbone)
+    graphs = space.cell_graphs(architecture)
+    metadata = dict(metadata)
+    metadata["signatures"] = {
+        name: f"{name}({', '.join(cell_input_names(cell))}) -> {{'output': cell output}}; "
+        "float32 feature maps of the shapes the cell was trained on, any batch size"
+        for name, cell in cells.items()
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        pictures = {}
+        for graph in graphs:
+            picture = os.path.join(scratch, f"{graph.name}.png")
+            plots.draw_cell(graph, picture, title=f"{metadata['architecture']}: {graph.name} cell")
+            pictures[f"{graph.name}.png"] = picture
+        return export_cells(cells, export_dir, metadata["genotype"], metadata, pictures)
 
 
 def build_from_shapes(learner: MetaLearner, task: TaskSpec, normalization) -> None:
@@ -636,31 +882,65 @@ def build_from_shapes(learner: MetaLearner, task: TaskSpec, normalization) -> No
 
 
 def search(config: RunConfig, flagfile: str, out=sys.stdout) -> dict[str, Any]:
-    """Runs (or resumes) a search; returns a summary with the leaderboard and export path."""
-    job = Job(config)
-    job.start(flagfile)
+    """Runs (or resumes, or joins as a worker) a search; returns a summary.
+
+    The summary holds the results, the leaderboard and the export paths. In a
+    distributed search (see `metasearch.distributed`) the chief serves the
+    oracle and exports at the end; workers only run trials.
+    """
+    role = distributed.role()
+    job = Job(config, role)
+    if role != "worker":
+        job.start(flagfile)
     progress = Progress(config.max_trials, enabled=config.progress, stream=out)
-    oracle = make_oracle(config.strategy, config.max_trials, config.seed, job.fixed)
-    tuner = FewShotTuner(job, oracle, progress)
-    progress.search_started(
-        config,
-        job.jit_compile,
-        done=sum(1 for t in tuner.oracle.trials.values() if t.status != "RUNNING"),
+    oracle = make_oracle(
+        config.strategy, config.max_trials, config.seed, job.fixed, config.strategy_options
     )
+    tuner = FewShotTuner(job, oracle, progress)
+    done = 0
+    if role != "worker":
+        done = sum(1 for t in tuner.oracle.trials.values() if t.status != "RUNNING")
+    progress.search_started(config, job.jit_compile, done=done, role=role)
     try:
-        tuner.search(verbose=0)
+        tuner.search()
     except RuntimeError as error:
         if "consecutive failures" not in str(error):
             raise
         out.write(f"search stopped: {str(error).splitlines()[0]}\n")
     results, board = write_results(config.output_dir, config.to_json())
+    summary: dict[str, Any] = {
+        "results": results,
+        "leaderboard": board,
+        "export_dir": None,
+        "cell_export_dir": None,
+    }
+    if role == "worker":
+        out.write(f"worker {tuner.tuner_id}: no trials left\n")
+        out.flush()
+        return summary
+    rejected = getattr(oracle, "rejected", None)
+    if rejected:
+        out.write(f"{len(rejected)} candidates over --max_params were rejected before training\n")
     out.write("\n" + board)
-    summary: dict[str, Any] = {"results": results, "leaderboard": board, "export_dir": None}
-    if best_trial(results) is not None:
-        path = export_trial(config.output_dir, "best")
-        summary["export_dir"] = path
-        out.write(f"\nBest learner exported to {path}\n")
+    picture = os.path.join(config.output_dir, PROGRESS_PICTURE)
+    scored_by = config.plugin if job.trains else f"table {config.table_column}"
+    plots.plot_search_progress(
+        results, picture, title=f"{config.search_space} / {scored_by} / {config.strategy}"
+    )
+    out.write(f"\nSearch progress plotted in {picture}\n")
+    best = best_trial(results)
+    if best is None:
+        out.write("No trial completed; nothing exported.\n")
+    elif not job.trains:
+        out.write(
+            f"Best architecture: trial {best['trial_id']}, {best.get('architecture')}; "
+            "table-scored trials have no weights to export.\n"
+        )
     else:
-        out.write("\nNo trial completed; nothing exported.\n")
+        summary["export_dir"] = export_trial(config.output_dir, "best")
+        out.write(f"Best learner exported to {summary['export_dir']}\n")
+        if job.components.space.cell_graphs(best["architecture_config"]):
+            summary["cell_export_dir"] = export_trial(config.output_dir, "best", what="cell")
+            out.write(f"Best cell exported to {summary['cell_export_dir']}\n")
     out.flush()
     return summary

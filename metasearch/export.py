@@ -127,3 +127,83 @@ def export_learner(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return export_dir
+
+
+class CellModule(tf.Module):
+    """The exported cells: one signature per cell, each with the weights it was trained with."""
+
+    def __init__(self, cells: dict[str, Any], genotype_json: str, metadata_json: str):
+        super().__init__(name="metasearch_cells")
+        self.cells = dict(cells)
+        self.cell_variables = [v for cell in cells.values() for v in cell.variables]
+        self._genotype_json = genotype_json
+        self._metadata_json = metadata_json
+        self.functions = {}
+        for name, cell in self.cells.items():
+            specs = [
+                tf.TensorSpec([None, *tensor.shape[1:]], tf.float32, name=input_name)
+                for input_name, tensor in zip(cell_input_names(cell), cell.inputs)
+            ]
+            self.functions[name] = tf.function(_cell_caller(cell, specs), input_signature=specs)
+        self.genotype = tf.function(lambda: tf.constant(self._genotype_json), input_signature=[])
+        self.metadata = tf.function(lambda: tf.constant(self._metadata_json), input_signature=[])
+
+
+def cell_input_names(cell) -> list[str]:
+    """Signature argument names of a cell: its Keras input names when usable, else `input_i`."""
+    names = []
+    for index, tensor in enumerate(cell.inputs):
+        name = str(getattr(tensor, "name", "") or "").split(":")[0]
+        if not name.isidentifier() or name in names:
+            name = f"input_{index}"
+        names.append(name)
+    return names
+
+
+def _cell_caller(cell, specs):
+    # Positional arguments; the input signature's spec names name them in the SavedModel.
+    def call(*tensors):
+        inputs = list(tensors) if len(specs) > 1 else tensors[0]
+        return {"output": cell(inputs, training=False)}
+
+    return call
+
+
+def export_cells(
+    cells: dict[str, Any],
+    export_dir: str,
+    genotype: dict[str, Any] | None,
+    metadata: dict[str, Any],
+    pictures: dict[str, str] | None = None,
+) -> str:
+    """Writes `cells` as one SavedModel (a signature per cell) at `export_dir`, atomically.
+
+    Beside the SavedModel files: `genotype.json` and any `pictures` (name ->
+    path of a PNG to copy in). Returns the path.
+    """
+    export_dir = os.path.abspath(export_dir)
+    parent = os.path.dirname(export_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=parent)
+    try:
+        genotype_json = json.dumps(genotype, sort_keys=True)
+        metadata_json = json.dumps(metadata, sort_keys=True)
+        module = CellModule(cells, genotype_json, metadata_json)
+        saved = os.path.join(staging, "model")
+        signatures = {
+            name: function.get_concrete_function() for name, function in module.functions.items()
+        }
+        signatures["serving_default"] = next(iter(signatures.values()))
+        tf.saved_model.save(module, saved, signatures=signatures)
+        with open(os.path.join(saved, "genotype.json"), "w", encoding="utf-8") as handle:
+            json.dump(genotype, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        with open(os.path.join(saved, METADATA_FILE), "w", encoding="utf-8") as handle:
+            json.dump(metadata, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        for name, picture in (pictures or {}).items():
+            shutil.copyfile(picture, os.path.join(saved, name))
+        replace_directory(saved, export_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return export_dir

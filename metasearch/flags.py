@@ -23,14 +23,40 @@ flags.DEFINE_string("plugin", "protonet", "Meta-learner name (entry point in met
 flags.DEFINE_string(
     "search_space", "conv_blocks", "Search space name (entry point in metasearch.search_spaces)."
 )
+STRATEGIES = ("random", "bayesian", "grid", "hyperband", "evolution", "controller")
 flags.DEFINE_enum(
-    "strategy", "random", ["random", "bayesian", "grid"], "keras-tuner oracle sampling trials."
+    "strategy",
+    "random",
+    list(STRATEGIES),
+    "Search strategy (a keras-tuner oracle): random, bayesian (Gaussian process), grid, "
+    "hyperband (successive halving of --episodes_per_trial), evolution (regularized/aging "
+    "evolution), controller (NASNet's recurrent controller trained by policy gradient).",
 )
 flags.DEFINE_list(
     "fix_hparams",
     [],
     "Hyperparameters held fixed instead of searched, as NAME=VALUE items "
     "(e.g. conv_blocks/depth=4,protonet/metric=cosine).",
+)
+flags.DEFINE_enum(
+    "evaluator",
+    "train",
+    ["train", "table"],
+    "How a trial is scored: train meta-trains the candidate; table reads its accuracy from "
+    "--table (a tabular benchmark such as NAS-Bench-201's) without training.",
+)
+flags.DEFINE_string(
+    "table", None, "--evaluator=table: CSV with one row per architecture (e.g. NAS-Bench-201)."
+)
+flags.DEFINE_string(
+    "table_column", "cifar10_val", "--evaluator=table: the CSV column holding the accuracy (%)."
+)
+flags.DEFINE_integer(
+    "max_params",
+    None,
+    "Largest learner (parameters) a trial may have; larger candidates are rejected before "
+    "training and the strategy proposes others.",
+    lower_bound=1,
 )
 flags.DEFINE_integer("max_trials", 4, "Number of trials (architectures) to run.", lower_bound=1)
 flags.DEFINE_integer("episodes_per_trial", 500, "Meta-training episodes per trial.", lower_bound=1)
@@ -58,6 +84,51 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer("image_size", 28, "Square size images are resized to.", lower_bound=4)
 flags.DEFINE_integer("seed", 0, "Seed for trials, weights and episodes.")
+
+# --- strategy options (unset: the strategy's defaults) ----------------------
+flags.DEFINE_integer(
+    "evolution_population", None, "evolution: population size (default 20).", lower_bound=2
+)
+flags.DEFINE_integer(
+    "evolution_sample_size",
+    None,
+    "evolution: tournament size, members sampled to pick a parent (default 5).",
+    lower_bound=1,
+)
+flags.DEFINE_float(
+    "controller_learning_rate", None, "controller: Adam learning rate of the policy.", lower_bound=0
+)
+flags.DEFINE_integer(
+    "hyperband_max_epochs",
+    9,
+    "hyperband: budget units of the longest trial; a unit is --episodes_per_trial / this many "
+    "episodes, so a fully promoted trial trains --episodes_per_trial episodes.",
+    lower_bound=1,
+)
+flags.DEFINE_integer("hyperband_factor", 3, "hyperband: halving factor.", lower_bound=2)
+
+# --- search-space options (unset: the space's defaults) ------------------
+flags.DEFINE_integer(
+    "nasnet_blocks", None, "nasnet: blocks per cell (B, default 5).", lower_bound=1
+)
+flags.DEFINE_integer(
+    "nasnet_cells_per_stage", None, "nasnet: normal cells per stage (N).", lower_bound=1
+)
+flags.DEFINE_integer("nasnet_filters", None, "nasnet: filters of the first stage.", lower_bound=1)
+flags.DEFINE_string(
+    "nasnet_cell",
+    None,
+    "nasnet: a named preset (e.g. nasnet_a) fixing both cells instead of searching them.",
+)
+flags.DEFINE_integer(
+    "fabric_channels", None, "fabric: channels of every trellis node.", lower_bound=1
+)
+flags.DEFINE_integer(
+    "nasbench201_channels", None, "nasbench201: channels of the first stage.", lower_bound=1
+)
+flags.DEFINE_integer(
+    "nasbench201_cells_per_stage", None, "nasbench201: cells per stage (N).", lower_bound=1
+)
 
 # --- output ---------------------------------------------------------------
 flags.DEFINE_string("output_dir", "runs/metasearch", "Where the search writes everything.")
@@ -90,8 +161,23 @@ flags.DEFINE_enum(
     "omniglot: add 90/180/270-degree rotations as new classes, in no, the meta-train, or every class set.",
 )
 
+# --- distributed search ---------------------------------------------------
+flags.DEFINE_integer(
+    "worker_timeout",
+    120,
+    "Distributed search: seconds without a heartbeat after which the chief hands a worker's "
+    "trial to another worker.",
+    lower_bound=2,
+)
+
 # --- export subcommand ----------------------------------------------------
 flags.DEFINE_string("trial", "best", "export: trial id to export, or 'best'.")
+flags.DEFINE_enum(
+    "what",
+    "learner",
+    ["learner", "cell"],
+    "export: the whole few-shot learner, or the discovered cell(s) with their trained weights.",
+)
 flags.DEFINE_string(
     "export_dir", None, "export: where to write the SavedModel (default inside --output_dir)."
 )
@@ -104,6 +190,10 @@ IDENTITY_FLAGS = (
     "plugin",
     "search_space",
     "strategy",
+    "evaluator",
+    "table",
+    "table_column",
+    "max_params",
     "fix_hparams",
     "episodes_per_trial",
     "eval_episodes",
@@ -121,7 +211,34 @@ IDENTITY_FLAGS = (
     "omniglot_test",
     "omniglot_rotations",
 )
-RUN_FLAGS = IDENTITY_FLAGS + ("max_trials", "output_dir", "jit_compile", "progress")
+# Flags resolved into `strategy_options` and `space_options` (also part of the identity).
+STRATEGY_OPTION_FLAGS = {
+    "evolution": {
+        "evolution_population": "population_size",
+        "evolution_sample_size": "sample_size",
+    },
+    "controller": {"controller_learning_rate": "learning_rate"},
+    "hyperband": {"hyperband_max_epochs": "max_epochs", "hyperband_factor": "factor"},
+}
+SPACE_OPTION_FLAGS = {
+    "nasnet": {
+        "nasnet_blocks": "blocks",
+        "nasnet_cells_per_stage": "cells_per_stage",
+        "nasnet_filters": "filters",
+        "nasnet_cell": "cell",
+    },
+    "fabric": {"fabric_channels": "channels"},
+    "nasbench201": {
+        "nasbench201_channels": "channels",
+        "nasbench201_cells_per_stage": "cells_per_stage",
+    },
+}
+RUN_FLAGS = (
+    IDENTITY_FLAGS
+    + tuple(f for group in STRATEGY_OPTION_FLAGS.values() for f in group)
+    + tuple(f for group in SPACE_OPTION_FLAGS.values() for f in group)
+    + ("max_trials", "output_dir", "jit_compile", "progress", "worker_timeout")
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +250,10 @@ class RunConfig:
     plugin: str
     search_space: str
     strategy: str
+    evaluator: str
+    table: str | None
+    table_column: str
+    max_params: int | None
     fix_hparams: dict[str, Any]
     max_trials: int
     episodes_per_trial: int
@@ -149,12 +270,16 @@ class RunConfig:
     jit_compile: str
     progress: bool
     dataset_options: dict[str, Any]
+    strategy_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    space_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    worker_timeout: int = 120
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
         values = dataclasses.asdict(self)
         identity = {name: values[name] for name in IDENTITY_FLAGS if name in values}
-        identity["dataset_options"] = values["dataset_options"]
+        for name in ("dataset_options", "strategy_options", "space_options"):
+            identity[name] = values[name]
         return identity
 
     def to_json(self) -> dict[str, Any]:
@@ -178,6 +303,15 @@ def dataset_options(dataset: str) -> dict[str, Any]:
     return {}
 
 
+def _options(groups: dict[str, dict[str, str]], name: str) -> dict[str, Any]:
+    """The options of component `name` from its flags that were given a value."""
+    return {
+        option: FLAGS[flag].value
+        for flag, option in groups.get(name, {}).items()
+        if FLAGS[flag].value is not None
+    }
+
+
 def resolve() -> RunConfig:
     """Reads the parsed flags into a `RunConfig`."""
     return RunConfig(
@@ -186,6 +320,10 @@ def resolve() -> RunConfig:
         plugin=FLAGS.plugin,
         search_space=FLAGS.search_space,
         strategy=FLAGS.strategy,
+        evaluator=FLAGS.evaluator,
+        table=FLAGS.table,
+        table_column=FLAGS.table_column,
+        max_params=FLAGS.max_params,
         fix_hparams=parse_fixed_hparams(FLAGS.fix_hparams),
         max_trials=FLAGS.max_trials,
         episodes_per_trial=FLAGS.episodes_per_trial,
@@ -202,6 +340,9 @@ def resolve() -> RunConfig:
         jit_compile=FLAGS.jit_compile,
         progress=FLAGS.progress,
         dataset_options=dataset_options(FLAGS.dataset),
+        strategy_options=_options(STRATEGY_OPTION_FLAGS, FLAGS.strategy),
+        space_options=_options(SPACE_OPTION_FLAGS, FLAGS.search_space),
+        worker_timeout=FLAGS.worker_timeout,
     )
 
 

@@ -26,24 +26,35 @@ class Progress:
         self.stream.write(text)
         self.stream.flush()
 
-    def search_started(self, config, jit_compile: bool, done: int = 0) -> None:
-        mode = "XLA" if jit_compile else "graph mode"
+    def search_started(self, config, jit_compile: bool, done: int = 0, role: str = "local") -> None:
         resumed = f", resuming after {done} finished trials" if done else ""
+        where = "" if role == "local" else f" [{role}]"
+        if config.evaluator == "table":
+            self._write(
+                f"metasearch{where}: {config.search_space} scored from {config.table} "
+                f"({config.table_column}), {config.max_trials} trials, strategy "
+                f"{config.strategy}{resumed}\n  output: {config.output_dir}\n"
+            )
+            return
+        mode = "XLA" if jit_compile else "graph mode"
         self._write(
-            f"metasearch: {config.plugin} x {config.search_space} on {config.dataset}, "
+            f"metasearch{where}: {config.plugin} x {config.search_space} on {config.dataset}, "
             f"{config.max_trials} trials of {config.episodes_per_trial} episodes "
             f"({config.train_n_way}-way {config.k_shot}-shot {config.n_query}-query), "
-            f"{mode}{resumed}\n  output: {config.output_dir}\n"
+            f"strategy {config.strategy}, {mode}{resumed}\n  output: {config.output_dir}\n"
         )
+
+    def note(self, line: str) -> None:
+        """A line of news (e.g. from the chief of a distributed search)."""
+        self._write(line + "\n")
 
     def trial_started(self, trial_id: str, record: dict[str, Any]) -> None:
         self._started = time.time()
         self._last_quarter = -1
         learner = ", ".join(f"{k}={v}" for k, v in sorted(record["plugin_config"].items()))
         number = int(trial_id) + 1 if str(trial_id).isdigit() else "?"
-        self._write(
-            f"trial {trial_id} ({number} of {self.max_trials}): {record['architecture']} / {learner}\n"
-        )
+        what = record["architecture"] + (f" / {learner}" if learner else "")
+        self._write(f"trial {trial_id} ({number} of {self.max_trials}): {what}\n")
 
     def trial_step(
         self, trial_id: str, step: int, total: int, loss: float, accuracy: float
@@ -71,6 +82,9 @@ class Progress:
 
     def trial_finished(self, trial_id: str, record: dict[str, Any]) -> None:
         self._end_line()
+        if "val_ci95" not in record:
+            self._write(f"  -> table accuracy {100 * record['val_accuracy']:.2f}%\n")
+            return
         self._write(
             f"  -> val accuracy {100 * record['val_accuracy']:.2f} ± {100 * record['val_ci95']:.2f}% "
             f"({record['parameters']:,} parameters, {record['wall_seconds']:.0f}s)\n"
