@@ -921,6 +921,8 @@ def search(config: RunConfig, flagfile: str, out=sys.stdout) -> dict[str, Any]:
     rejected = getattr(oracle, "rejected", None)
     if rejected:
         out.write(f"{len(rejected)} candidates over --max_params were rejected before training\n")
+    if getattr(oracle, "stop_reason", None):
+        out.write(f"search stopped early: {oracle.stop_reason}\n")
     out.write("\n" + board)
     picture = os.path.join(config.output_dir, PROGRESS_PICTURE)
     scored_by = config.plugin if job.trains else f"table {config.table_column}"

@@ -15,7 +15,7 @@ def _sampled_values(strategy, seed, count=4):
     return [oracle.populate_space(str(i))["values"] for i in range(count)]
 
 
-@pytest.mark.parametrize("strategy", ["random", "bayesian"])
+@pytest.mark.parametrize("strategy", ["random", "bayesian", "evolution", "controller"])
 def test_same_seed_samples_the_same_trials_including_seed_zero(strategy):
     for seed in (0, 7):
         assert _sampled_values(strategy, seed) == _sampled_values(strategy, seed)

@@ -1,0 +1,108 @@
+"""Search modes end to end through the CLI: table scoring, --max_params, hyperband budgets."""
+
+from pathlib import Path
+
+import pytest
+
+from cli_support import REPO, TINY, read_json, run_cli
+
+NB201_TABLE = (REPO / ".." / "shared" / "data" / "nasbench201" / "nb201_val_accuracy.csv").resolve()
+needs_table = pytest.mark.skipif(not NB201_TABLE.exists(), reason=f"no table at {NB201_TABLE}")
+TABLE_ARGS = ["--search_space=nasbench201", "--evaluator=table", f"--table={NB201_TABLE}"]
+
+
+def _table_rows(path: Path) -> dict[str, float]:
+    import csv
+
+    with open(path, newline="") as handle:
+        return {row["op_indices"]: float(row["cifar10_val"]) for row in csv.DictReader(handle)}
+
+
+@needs_table
+@pytest.mark.parametrize("strategy", ["evolution", "controller"])
+def test_table_scored_search_reads_accuracies_and_trains_nothing(strategy, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(*TABLE_ARGS, f"--strategy={strategy}", "--max_trials=25", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = read_json(out / "results.json")
+    rows = _table_rows(NB201_TABLE)
+    keys = [t["table_key"] for t in results["trials"]]
+    assert len(keys) == 25 and len(set(keys)) == 25, "a table-scored search repeated a query"
+    for trial in results["trials"]:
+        assert trial["status"] == "COMPLETED"
+        assert trial["val_accuracy"] == pytest.approx(rows[trial["table_key"]] / 100)
+        assert "parameters" not in trial and not list((out / "keras_tuner").glob("*/*.npz"))
+    assert "table-scored trials have no weights" in result.stdout
+    assert (out / "search_progress.png").is_file()
+    assert not (out / "export").exists()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--evaluator=table"], "--table"),
+        (["--evaluator=table", "--table=/nonexistent/t.csv"], "/nonexistent/t.csv"),
+        (["--evaluator=table", f"--table={NB201_TABLE}", "--table_column=nope"], "--table_column"),
+    ],
+)
+def test_bad_table_flags_fail_with_one_line(args, expected, tmp_path):
+    if "--table=" + str(NB201_TABLE) in args and not NB201_TABLE.exists():
+        pytest.skip("no NAS-Bench-201 table")
+    result = run_cli("--search_space=nasbench201", *args, f"--output_dir={tmp_path / 'o'}")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert expected in result.stderr
+
+
+def test_table_needs_a_space_with_a_table(tmp_path):
+    result = run_cli(
+        "--search_space=conv_blocks", "--evaluator=table", f"--table={tmp_path / 't.csv'}"
+    )
+    assert result.returncode == 2
+    assert "conv_blocks has no tabular benchmark" in result.stderr
+
+
+@pytest.mark.slow
+def test_max_params_rejects_before_training_and_records_flops(tmp_path):
+    out = tmp_path / "out"
+    args = [a for a in TINY if not a.startswith("--fix_hparams")]
+    result = run_cli(
+        *args,
+        "--max_trials=2",
+        "--max_params=60000",
+        "--fix_hparams=conv_blocks/depth=3,train/learning_rate=0.002",
+        f"--output_dir={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = read_json(out / "results.json")["trials"]
+    assert [t["status"] for t in trials] == ["COMPLETED", "COMPLETED"]
+    for trial in trials:
+        assert trial["parameters"] <= 60000
+        assert trial["flops"] > 0
+    oracle = read_json(out / "keras_tuner" / "oracle.json")
+    rejected = oracle["constraint"]["rejected"]
+    assert rejected, "no candidate was over the budget: the test proves nothing"
+    assert all("--max_params=60,000" in r["reason"] for r in rejected)
+    assert "rejected before training" in result.stdout
+
+
+@pytest.mark.slow
+def test_hyperband_promotes_trials_that_continue_from_their_parents(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(
+        *[a for a in TINY if not a.startswith("--episodes_per_trial")],
+        "--episodes_per_trial=9",
+        "--strategy=hyperband",
+        "--hyperband_max_epochs=3",
+        "--max_trials=4",
+        f"--output_dir={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = {t["trial_id"]: t for t in read_json(out / "results.json")["trials"]}
+    assert len(trials) == 4
+    promoted = [t for t in trials.values() if t.get("continues_trial")]
+    assert promoted, trials
+    for trial in promoted:
+        parent = trials[trial["continues_trial"]]
+        assert trial["architecture_config"] == parent["architecture_config"]
+        assert trial["episodes"] == 9 and parent["episodes"] == 3
