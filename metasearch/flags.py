@@ -92,11 +92,11 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "evolution_sample_size",
     None,
-    "evolution: tournament size, members sampled to pick a parent (default 5).",
+    "evolution: tournament size, members sampled to pick a parent (default 10).",
     lower_bound=1,
 )
 flags.DEFINE_float(
-    "controller_learning_rate", None, "controller: Adam learning rate of the policy.", lower_bound=0
+    "controller_learning_rate", None, "controller: Adam learning rate of the policy (default 0.02).", lower_bound=0
 )
 flags.DEFINE_integer(
     "hyperband_max_epochs",

@@ -1,0 +1,135 @@
+"""Tabular evaluation: look an architecture's score up in a CSV instead of training it.
+
+Tabular benchmarks such as NAS-Bench-201 list every architecture of a search
+space with its accuracy, so a search strategy can be run in seconds. `Table`
+reads such a CSV once; `lookup(key)` returns the chosen column's value for the
+row whose key column (a string, leading zeros kept) equals `key`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from metasearch.errors import UsageError
+
+if TYPE_CHECKING:
+    import keras_tuner
+
+DEFAULT_KEY_COLUMN = "op_indices"
+
+
+class Table:
+    """One numeric column of a CSV table, indexed by a key column.
+
+    `Table(path, column, key_column)` fails with `UsageError` naming the flag at
+    fault (`--table`, `--table_column`) for a missing file, a missing key column
+    or an unknown value column. Keys are kept as the strings in the file.
+    """
+
+    def __init__(self, path: str, column: str, key_column: str = DEFAULT_KEY_COLUMN):
+        self.path, self.column, self.key_column = path, column, key_column
+        if not os.path.isfile(path):
+            raise UsageError(f"--table: no such file {path}")
+        try:
+            with open(path, encoding="utf-8", newline="") as handle:
+                reader = csv.reader(handle)
+                header = next(reader, None)
+                rows = list(reader)
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            raise UsageError(f"--table: cannot read {path} ({error})") from None
+        if not header:
+            raise UsageError(f"--table: {path} is empty")
+        header = [name.strip() for name in header]
+        if key_column not in header:
+            raise UsageError(
+                f"--table: {path} has no column {key_column!r} (its columns: {', '.join(header)})"
+            )
+        key_index = header.index(key_column)
+        self.columns = tuple(
+            name
+            for index, name in enumerate(header)
+            if index != key_index and rows and all(_is_number(row, index) for row in rows)
+        )
+        if column not in self.columns:
+            raise UsageError(
+                f"--table_column: unknown column {column!r}; known: {', '.join(self.columns)}"
+            )
+        value_index = header.index(column)
+        self._values: dict[str, float] = {}
+        for line, row in enumerate(rows, start=2):
+            if len(row) != len(header):
+                raise UsageError(
+                    f"--table: {path} line {line} has {len(row)} fields, the header {len(header)}"
+                )
+            self._values[row[key_index].strip()] = float(row[value_index])
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, key: str) -> bool:
+        return str(key) in self._values
+
+    def lookup(self, key: str) -> float:
+        """The column's value for architecture `key`; unknown keys raise `UsageError`."""
+        try:
+            return self._values[str(key)]
+        except KeyError:
+            raise UsageError(f"--table: no row for architecture {key} in {self.path}") from None
+
+    def best(self) -> tuple[str, float]:
+        """The key and value of the row with the highest value."""
+        key = max(self._values, key=self._values.__getitem__)
+        return key, self._values[key]
+
+
+def _is_number(row: list[str], index: int) -> bool:
+    if index >= len(row):
+        return False
+    try:
+        return math.isfinite(float(row[index]))
+    except ValueError:
+        return False
+
+
+def keep_in_memory(oracle) -> None:
+    """Stops `oracle` writing trial and state files, for simulated searches.
+
+    keras-tuner's oracles save after every change, which needs a project
+    directory and dominates the cost of a tabular query. The oracle's
+    behaviour is otherwise unchanged (`get_state` still returns everything).
+    """
+    oracle._save_trial = lambda trial: None
+    oracle.save = lambda: None
+    oracle.verbose = 0
+
+
+def simulate(
+    oracle,
+    evaluate: Callable[[keras_tuner.HyperParameters], float],
+    queries: int,
+    metric: str,
+    tuner_id: str = "tabular",
+) -> list[float]:
+    """Drives `oracle` like a tuner for `queries` trials scored by `evaluate(hyperparameters)`.
+
+    Each query is one keras-tuner trial (create, report `metric`, end), run
+    one after the other. Returns the scores in query order; fewer than
+    `queries` if the oracle stops early.
+    """
+    scores: list[float] = []
+    while len(scores) < queries:
+        trial = oracle.create_trial(tuner_id)
+        if trial.status != "RUNNING":
+            if trial.status == "IDLE":
+                raise RuntimeError("simulate: a sequential search should never wait (IDLE)")
+            break
+        score = float(evaluate(trial.hyperparameters))
+        oracle.update_trial(trial.trial_id, {metric: score})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+        scores.append(score)
+    return scores

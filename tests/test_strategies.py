@@ -1,0 +1,322 @@
+"""Tests for metasearch.strategies: the search strategies as keras-tuner oracles."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import keras_tuner
+import numpy as np
+import pytest
+
+from metasearch import strategies, tabular
+from metasearch.errors import UsageError
+
+OPS = ["skip_connect", "none", "nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3"]
+EDGES = ["edge_1_2", "edge_1_3", "edge_1_4", "edge_2_3", "edge_2_4", "edge_3_4"]
+NB201_TABLE = (
+    Path(__file__).resolve().parents[1]
+    / ".."
+    / "shared"
+    / "data"
+    / "nasbench201"
+    / "nb201_val_accuracy.csv"
+)
+OBJECTIVE = keras_tuner.Objective("score", "max")
+
+
+def cell_space(fixed: bool = True) -> keras_tuner.HyperParameters:
+    """NAS-Bench-201's six operation Choices, plus a Fixed one that must never change."""
+    hp = keras_tuner.HyperParameters()
+    for edge in EDGES:
+        hp.Choice(f"nasbench201/{edge}", OPS)
+    if fixed:
+        hp.Fixed("train/width", 16)
+    return hp
+
+
+def small_space() -> keras_tuner.HyperParameters:
+    hp = keras_tuner.HyperParameters()
+    for name in "abc":
+        hp.Choice(name, [0, 1, 2])
+    return hp
+
+
+def oracle_for(strategy, hp, seed=7, max_trials=200, **options):
+    oracle = strategies.make_oracle(
+        strategy,
+        objective=OBJECTIVE,
+        max_trials=max_trials,
+        seed=seed,
+        hyperparameters=hp,
+        options=options or None,
+    )
+    tabular.keep_in_memory(oracle)
+    return oracle
+
+
+def first_op_fraction(values) -> float:
+    return sum(values[f"nasbench201/{e}"] == OPS[0] for e in EDGES) / len(EDGES)
+
+
+def run_trial(oracle, score_fn, tuner_id="t0"):
+    trial = oracle.create_trial(tuner_id)
+    if trial.status != "RUNNING":
+        return trial
+    oracle.update_trial(trial.trial_id, {"score": score_fn(trial)})
+    trial.status = "COMPLETED"
+    oracle.end_trial(trial)
+    oracle.save()  # as BaseTuner.on_trial_end does (a no-op for oracles kept in memory)
+    return trial
+
+
+def differences(a, b) -> list[str]:
+    return [name for name in set(a) | set(b) if a.get(name) != b.get(name)]
+
+
+# --------------------------------------------------------------------------- make_oracle
+
+
+def test_make_oracle_builds_every_strategy_with_the_constraint_hook():
+    for name in strategies.STRATEGIES:
+        oracle = oracle_for(name, cell_space())
+        assert isinstance(oracle, keras_tuner.Oracle), name
+        assert oracle.candidate_filter is None and oracle.rejected == []
+    assert isinstance(oracle_for("evolution", cell_space()), strategies.EvolutionOracle)
+    assert isinstance(oracle_for("controller", cell_space()), strategies.ControllerOracle)
+
+
+def test_make_oracle_rejects_unknown_names_and_options():
+    with pytest.raises(UsageError, match=r"--strategy: unknown strategy 'x'; known: random, "):
+        oracle_for("x", cell_space())
+    with pytest.raises(UsageError, match="unknown option.*population; known: population_size"):
+        oracle_for("evolution", cell_space(), population=3)
+    with pytest.raises(UsageError, match="sample_size"):
+        oracle_for("evolution", cell_space(), population_size=3, sample_size=5)
+
+
+def test_hyperband_stops_at_max_trials_and_its_state_is_json():
+    oracle = oracle_for("hyperband", cell_space(), max_trials=40, max_epochs=9, factor=3)
+    trials = [run_trial(oracle, lambda t: random.random()) for _ in range(41)]
+    assert len(oracle.trials) == 40 and trials[-1].status == "STOPPED"
+    assert all(t.status == "COMPLETED" for t in trials[:-1])
+    # Hyperband promoted some trials: their values repeat an earlier trial's.
+    assert any(t.hyperparameters.values.get("tuner/round", 0) > 0 for t in trials[:-1])
+    json.dumps(oracle.get_state(), allow_nan=False)
+
+
+# --------------------------------------------------------------------------- evolution
+
+
+def test_evolution_mutates_exactly_one_hyperparameter_of_a_living_member():
+    oracle = oracle_for("evolution", cell_space(), population_size=5, sample_size=2)
+    rng = random.Random(0)
+    for index in range(60):
+        population = [t.hyperparameters.values for t in oracle.population()]
+        trial = run_trial(oracle, lambda t: rng.random())
+        values = trial.hyperparameters.values
+        assert values["train/width"] == 16  # Fixed never mutates
+        if index >= 5:
+            assert any(differences(values, member) for member in population)
+            assert min(len(differences(values, member)) for member in population) == 1
+
+
+def test_evolution_ages_out_the_oldest_member():
+    # Tournament = whole population: the parent is always the best living member.
+    oracle = oracle_for("evolution", cell_space(fixed=False), population_size=3, sample_size=3)
+    first = run_trial(oracle, lambda t: 100.0)  # by far the best, until it ages out
+    for _ in range(2):
+        run_trial(oracle, lambda t: 1.0 + random.random())
+    assert [t.trial_id for t in oracle.population()][0] == first.trial_id
+    child = run_trial(oracle, lambda t: 0.5)  # born of the best, then scored low
+    assert differences(child.hyperparameters.values, first.hyperparameters.values) != []
+    assert len(differences(child.hyperparameters.values, first.hyperparameters.values)) == 1
+    living = oracle.population()
+    assert first.trial_id not in [t.trial_id for t in living]
+    assert [t.trial_id for t in living] == oracle.end_order[-3:]
+    best_living = max(living, key=lambda t: t.score)
+    grandchild = oracle.create_trial("t0")
+    assert (
+        len(differences(grandchild.hyperparameters.values, best_living.hyperparameters.values)) == 1
+    )
+
+
+def test_evolution_never_idles_parallel_workers():
+    oracle = oracle_for("evolution", cell_space(), population_size=5, sample_size=2)
+    trials = [oracle.create_trial(f"worker{i}") for i in range(8)]
+    assert all(t.status == "RUNNING" for t in trials)
+    assert len({json.dumps(t.hyperparameters.values, sort_keys=True) for t in trials}) == 8
+
+
+@pytest.mark.parametrize("strategy", ["random", "bayesian", "evolution", "controller"])
+def test_no_duplicate_proposals(strategy):
+    options = {"population_size": 4, "sample_size": 2} if strategy == "evolution" else {}
+    oracle = oracle_for(strategy, small_space(), max_trials=27, **options)
+    seen = []
+    for _ in range(27):
+        trial = run_trial(oracle, lambda t: sum(t.hyperparameters.values.values()))
+        if trial.status == "STOPPED":
+            break
+        seen.append(tuple(sorted(trial.hyperparameters.values.items())))
+    assert len(seen) == len(set(seen)) and len(seen) >= 15
+
+
+# --------------------------------------------------------------------------- controller
+
+
+def test_controller_gradient_matches_finite_differences():
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("a", [1, 2, 3])
+    hp.Boolean("b")
+    hp.Int("c", 1, 100, sampling="log")
+    hp.Float("d", 0.0, 1.0)
+    oracle = strategies.ControllerOracle(
+        objective=OBJECTIVE,
+        seed=3,
+        hyperparameters=hp,
+        hidden_size=4,
+        embedding_size=3,
+        entropy_weight=0.2,
+        temperature=1.5,
+    )
+    steps = oracle._steps()
+    assert [len(vocabulary) for _, vocabulary in steps] == [3, 2, 8, 8]
+    tokens, cache = oracle._forward(steps)
+    analytic = oracle._gradients(tokens, cache, 0.7).copy()
+
+    def loss():
+        _, forward = oracle._forward(steps, tokens)
+        total = 0.0
+        for token, entry in zip(tokens, forward):
+            probs = entry[-1]
+            total += -0.7 * np.log(probs[token]) + 0.2 * (probs * np.log(probs)).sum()
+        return total
+
+    numeric = np.zeros_like(analytic)
+    for k in range(len(numeric)):
+        kept = oracle._flat[k]
+        oracle._flat[k] = kept + 1e-6
+        up = loss()
+        oracle._flat[k] = kept - 1e-6
+        numeric[k] = (up - loss()) / 2e-6
+        oracle._flat[k] = kept
+    np.testing.assert_allclose(analytic, numeric, atol=1e-7)
+
+
+def test_controller_learns_a_synthetic_reward():
+    # Reward: the fraction of edges choosing the first operation (1/5 at random).
+    oracle = oracle_for("controller", cell_space(fixed=False), max_trials=200)
+    before = np.mean([first_op_fraction(oracle.sample()) for _ in range(300)])
+    rewards = []
+    for _ in range(200):
+        trial = run_trial(oracle, lambda t: first_op_fraction(t.hyperparameters.values))
+        rewards.append(first_op_fraction(trial.hyperparameters.values))
+    after = np.mean([first_op_fraction(oracle.sample()) for _ in range(300)])
+    assert before < 0.3
+    assert after > 0.6, (before, after)
+    # Trials, not just the policy, improve (the best cells get used up, hence the margin).
+    assert np.mean(rewards[-100:]) > 0.4, rewards
+    assert oracle.updates >= 200
+
+
+# --------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "controller", "bayesian", "hyperband"])
+def test_state_round_trip_resumes_identically(strategy, tmp_path):
+    def make(directory):
+        oracle = strategies.make_oracle(
+            strategy, objective=OBJECTIVE, max_trials=60, seed=11, hyperparameters=cell_space()
+        )
+        oracle.verbose = 0
+        oracle._set_project_dir(str(directory), "project")
+        return oracle
+
+    def score(trial):
+        return first_op_fraction(trial.hyperparameters.values) + 0.01 * int(trial.trial_id)
+
+    original = make(tmp_path / "original")
+    original.candidate_filter = lambda v: "no" if v["nasbench201/edge_1_2"] == "none" else None
+    for _ in range(30):
+        run_trial(original, score)
+    assert original.rejected  # the filter's verdicts are part of the state too
+    # As if the search were killed now: a fresh oracle reloads a copy of its files.
+    shutil.copytree(tmp_path / "original", tmp_path / "copy")
+    resumed = make(tmp_path / "copy")
+    resumed.reload()
+    resumed.candidate_filter = original.candidate_filter
+    assert resumed.rejected == original.rejected
+    for _ in range(10):
+        a, b = run_trial(original, score), run_trial(resumed, score)
+        assert a.trial_id == b.trial_id
+        assert a.hyperparameters.values == b.hyperparameters.values
+    json.dumps(original.get_state(), allow_nan=False)
+
+
+# --------------------------------------------------------------------------- constraint
+
+
+@pytest.mark.parametrize("strategy", strategies.STRATEGIES)
+def test_candidate_filter_rejects_records_and_never_trains_rejected(strategy):
+    oracle = oracle_for(strategy, cell_space(), max_trials=40)
+    checked = []
+
+    def no_none_last_edge(values):
+        checked.append(json.dumps(values, sort_keys=True))
+        return "last edge is none" if values["nasbench201/edge_3_4"] == "none" else None
+
+    oracle.candidate_filter = no_none_last_edge
+    for _ in range(40):
+        trial = run_trial(oracle, lambda t: first_op_fraction(t.hyperparameters.values))
+        assert trial.status == "COMPLETED"
+    assert all(
+        t.hyperparameters.values["nasbench201/edge_3_4"] != "none" for t in oracle.trials.values()
+    )
+    assert oracle.rejected, "40 trials of a space with 1/5 'none' should meet some"
+    assert all(r["reason"] == "last edge is none" for r in oracle.rejected)
+    assert all(r["values"]["nasbench201/edge_3_4"] == "none" for r in oracle.rejected)
+    assert len(checked) == len(set(checked)), "a candidate was checked twice"
+    assert oracle.get_state()["constraint"]["rejected"] == oracle.rejected
+
+
+@pytest.mark.parametrize("strategy", strategies.STRATEGIES)
+def test_candidate_filter_rejecting_everything_stops_the_search(strategy):
+    oracle = oracle_for(strategy, cell_space(), max_trials=40)
+    oracle.candidate_filter = lambda values: "too big"
+    trial = oracle.create_trial("t0")
+    assert trial.status == "STOPPED" and not oracle.trials
+    assert len(oracle.rejected) == strategies.MAX_FILTER_ATTEMPTS
+    assert "rejected 100 candidates in a row (last: too big)" in oracle.stop_reason
+
+
+def test_controller_learns_from_rejections():
+    oracle = oracle_for("controller", cell_space())
+    oracle.candidate_filter = lambda v: "no" if v["nasbench201/edge_1_2"] != OPS[0] else None
+    for _ in range(10):
+        run_trial(oracle, lambda t: 1.0)
+    # Each rejection was a policy update with the penalty reward.
+    assert oracle.updates >= 10 + len(oracle.rejected)
+    assert len(oracle.rejected) > 0
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@pytest.mark.skipif(not NB201_TABLE.exists(), reason=f"{NB201_TABLE} not found")
+def test_evolution_beats_random_on_nasbench201():
+    table = tabular.Table(str(NB201_TABLE), "cifar10_val")
+
+    def evaluate(hp):
+        key = "".join(str(OPS.index(hp.get(f"nasbench201/{e}"))) for e in EDGES)
+        return table.lookup(key)
+
+    best = {}
+    for strategy in ("random", "evolution"):
+        finals = []
+        for seed in (1, 2, 3):
+            oracle = oracle_for(strategy, cell_space(fixed=False), seed=seed, max_trials=100)
+            finals.append(max(tabular.simulate(oracle, evaluate, 100, "score")))
+        best[strategy] = float(np.mean(finals))
+    assert best["evolution"] > best["random"], best
