@@ -96,7 +96,10 @@ flags.DEFINE_integer(
     lower_bound=1,
 )
 flags.DEFINE_float(
-    "controller_learning_rate", None, "controller: Adam learning rate of the policy (default 0.02).", lower_bound=0
+    "controller_learning_rate",
+    None,
+    "controller: Adam learning rate of the policy (default 0.02).",
+    lower_bound=0,
 )
 flags.DEFINE_integer(
     "hyperband_max_epochs",

@@ -19,7 +19,9 @@ def _space(space_name):
     return space_class(space_class.test_options())
 
 
-def _pair(plugin_name, space_name, plugin_config=None, space_config=None, image_size=28, channels=1):
+def _pair(
+    plugin_name, space_name, plugin_config=None, space_config=None, image_size=28, channels=1
+):
     plugin = registry.load("plugin", plugin_name)
     task = conformance.tiny_task(image_size, channels)
     small = {"depth": 3, "filters": 16, "growth": 1.0} if space_name == "conv_blocks" else None

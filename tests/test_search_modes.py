@@ -22,7 +22,9 @@ def _table_rows(path: Path) -> dict[str, float]:
 @pytest.mark.parametrize("strategy", ["evolution", "controller"])
 def test_table_scored_search_reads_accuracies_and_trains_nothing(strategy, tmp_path):
     out = tmp_path / "out"
-    result = run_cli(*TABLE_ARGS, f"--strategy={strategy}", "--max_trials=25", f"--output_dir={out}")
+    result = run_cli(
+        *TABLE_ARGS, f"--strategy={strategy}", "--max_trials=25", f"--output_dir={out}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = read_json(out / "results.json")
     rows = _table_rows(NB201_TABLE)
