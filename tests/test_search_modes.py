@@ -72,7 +72,7 @@ def test_max_params_rejects_before_training_and_records_flops(tmp_path):
         *args,
         "--max_trials=2",
         "--max_params=60000",
-        "--fix_hparams=conv_blocks/depth=3,train/learning_rate=0.002",
+        "--fix_hparams=conv_blocks/depth=3,conv_blocks/filters=32,train/learning_rate=0.002",
         f"--output_dir={out}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
