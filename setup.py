@@ -35,7 +35,7 @@ setup(
         "matplotlib>=3.5",  # cell pictures and search-progress plots (no system graphviz)
         "grpcio",  # distributed search: the chief serves keras-tuner's oracle over gRPC
     ],
-    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.5"]},
     entry_points={
         "console_scripts": ["metasearch = metasearch.cli:run"],
         "metasearch.plugins": [

@@ -47,7 +47,7 @@ from metasearch.data import episodes
 from metasearch.errors import UsageError
 from metasearch.export import cell_input_names, export_cells, export_learner
 from metasearch.flags import RunConfig, describe_difference
-from metasearch.flops import estimate_flops
+from metasearch.flops import estimate_flops, format_flops
 from metasearch.progress import Progress
 from metasearch.training import DivergedError, MetaTrainer, count_parameters, resolve_jit_compile
 
@@ -654,7 +654,7 @@ def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
         results,
         key=lambda r: (r["status"] != "COMPLETED", -r.get("val_accuracy", 0.0), r["trial_id"]),
     )
-    header = f"{'rank':>4}  {'trial':>5}  {'status':<9}  {'val accuracy':>16}  {'params':>9}  {'time':>7}  architecture / learner"
+    header = f"{'rank':>4}  {'trial':>5}  {'status':<9}  {'val accuracy':>16}  {'params':>9}  {'FLOPs':>7}  {'time':>7}  architecture / learner"
     lines = [title, header, "-" * len(header)]
     for rank, r in enumerate(ordered, start=1):
         if r["status"] == "COMPLETED" and "val_accuracy" in r:
@@ -663,6 +663,7 @@ def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
         else:
             score = "-"
         params = f"{r['parameters']:,}" if r.get("parameters") is not None else "-"
+        flops = format_flops(r["flops"]) if r.get("flops") else "-"
         wall = f"{r['wall_seconds']:.0f}s" if "wall_seconds" in r else "-"
         learner = ", ".join(f"{k}={v}" for k, v in sorted(r.get("plugin_config", {}).items()))
         lr = r.get("hyperparameters", {}).get("train/learning_rate")
@@ -671,7 +672,7 @@ def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
         if r["status"] != "COMPLETED" and r.get("error"):
             what += f"  [{r['error'][:80]}]"
         lines.append(
-            f"{rank:>4}  {r['trial_id']:>5}  {r['status']:<9}  {score:>16}  {params:>9}  {wall:>7}  {what}"
+            f"{rank:>4}  {r['trial_id']:>5}  {r['status']:<9}  {score:>16}  {params:>9}  {flops:>7}  {wall:>7}  {what}"
         )
     return "\n".join(lines) + "\n"
 

@@ -316,7 +316,8 @@ def _options(groups: dict[str, dict[str, str]], name: str) -> dict[str, Any]:
 
 
 def resolve() -> RunConfig:
-    """Reads the parsed flags into a `RunConfig`."""
+    """Reads the parsed flags into a `RunConfig`; fails on flags the run would ignore."""
+    check_unused_flags()
     return RunConfig(
         dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir,
@@ -375,12 +376,35 @@ def parse_fixed_hparams(items: list[str]) -> dict[str, Any]:
 def flagfile_text() -> str:
     """The run's flags as a flagfile that repeats it (`--flagfile=PATH`)."""
     lines = ["# Repeat this run: metasearch --flagfile=THIS_FILE"]
+    unused = _unused_flags()
     for name in RUN_FLAGS:
         flag = FLAGS[name]
-        if flag.value is None:
+        if flag.value is None or name in unused:
             continue
         lines.append(flag.serialize())
     return "\n".join(lines) + "\n"
+
+
+def _unused_flags() -> dict[str, str]:
+    """Flags that do not apply to this run's components, each with the setting they need."""
+    unused = {}
+    for groups, chosen, switch in (
+        (SPACE_OPTION_FLAGS, FLAGS.search_space, "search_space"),
+        (STRATEGY_OPTION_FLAGS, FLAGS.strategy, "strategy"),
+    ):
+        for name, group in groups.items():
+            if name != chosen:
+                unused.update({flag: f"--{switch}={name}" for flag in group})
+    if FLAGS.evaluator != "table":
+        unused.update(table="--evaluator=table", table_column="--evaluator=table")
+    return unused
+
+
+def check_unused_flags() -> None:
+    """Fails if a flag is given that this run's components would silently ignore."""
+    for name, needs in _unused_flags().items():
+        if FLAGS[name].present:
+            raise UsageError(f"--{name}: applies only with {needs}")
 
 
 def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -108,3 +108,19 @@ def test_hyperband_promotes_trials_that_continue_from_their_parents(tmp_path):
         parent = trials[trial["continues_trial"]]
         assert trial["architecture_config"] == parent["architecture_config"]
         assert trial["episodes"] == 9 and parent["episodes"] == 3
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--nasnet_blocks=3"], "--nasnet_blocks: applies only with --search_space=nasnet"),
+        (["--strategy=evolution", "--hyperband_factor=2"], "--strategy=hyperband"),
+        (["--table_column=cifar100_val"], "--table_column: applies only with --evaluator=table"),
+    ],
+)
+def test_flags_for_other_components_are_refused_not_ignored(args, expected, tmp_path):
+    result = run_cli(*args, f"--output_dir={tmp_path / 'o'}")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert expected in result.stderr
+    assert not (tmp_path / "o").exists()
