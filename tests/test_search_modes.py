@@ -124,3 +124,22 @@ def test_flags_for_other_components_are_refused_not_ignored(args, expected, tmp_
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert expected in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@needs_table
+@pytest.mark.parametrize("strategy", ["evolution", "controller", "bayesian"])
+def test_extending_a_table_scored_search_keeps_the_strategys_state(strategy, tmp_path):
+    out = tmp_path / "out"
+    args = [*TABLE_ARGS, f"--strategy={strategy}", f"--output_dir={out}"]
+    first = run_cli(*args, "--max_trials=12")
+    assert first.returncode == 0, first.stderr[-3000:]
+    state_before = read_json(out / "keras_tuner" / "oracle.json")
+    more = run_cli(*args, "--max_trials=24")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "resuming after 12 finished trials" in more.stdout
+    trials = read_json(out / "results.json")["trials"]
+    keys = [t["table_key"] for t in trials]
+    assert len(keys) == 24 and len(set(keys)) == 24, "the resumed search repeated a query"
+    # The first twelve trials are kept as they were.
+    state_after = read_json(out / "keras_tuner" / "oracle.json")
+    assert state_after["end_order"][:12] == state_before["end_order"]
