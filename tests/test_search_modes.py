@@ -127,7 +127,7 @@ def test_flags_for_other_components_are_refused_not_ignored(args, expected, tmp_
 
 
 @needs_table
-@pytest.mark.parametrize("strategy", ["evolution", "controller", "bayesian"])
+@pytest.mark.parametrize("strategy", ["evolution", "controller"])
 def test_extending_a_table_scored_search_keeps_the_strategys_state(strategy, tmp_path):
     out = tmp_path / "out"
     args = [*TABLE_ARGS, f"--strategy={strategy}", f"--output_dir={out}"]
