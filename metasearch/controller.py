@@ -55,6 +55,7 @@ PROJECT_NAME = "keras_tuner"
 OBJECTIVE = "val_accuracy"
 TRIAL_RECORD = "metasearch_trial.json"
 WEIGHTS_FILE = "learner.weights.npz"
+PROGRESS_PICTURE = "search_progress.png"
 # Everything metasearch writes into an output directory (and --overwrite removes).
 OWNED_ENTRIES = (
     "config.json",
@@ -63,10 +64,9 @@ OWNED_ENTRIES = (
     PROJECT_NAME,
     "results.json",
     "leaderboard.txt",
-    "search_progress.png",
+    PROGRESS_PICTURE,
     "export",
 )
-PROGRESS_PICTURE = "search_progress.png"
 LEARNING_RATES = (3e-4, 3e-3)
 
 
@@ -277,9 +277,7 @@ class Job:
         build_from_shapes(learner, self.task, self.normalization)
         parameters = count_parameters(learner)
         keras.backend.clear_session()
-        if parameters > self.config.max_params:
-            return f"{parameters:,} parameters > --max_params={self.config.max_params:,}"
-        return None
+        return over_budget(parameters, self.config.max_params)
 
     @property
     def project_dir(self) -> str:
@@ -446,7 +444,8 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
         total_episodes = self.job.config.episodes_per_trial
         if "tuner/epochs" not in values:
             return total_episodes, 0, None
-        max_epochs = self.job.config.strategy_options.get("max_epochs", 9)
+        # flags.resolve always passes --hyperband_max_epochs (it has a default).
+        max_epochs = self.job.config.strategy_options["max_epochs"]
 
         def episodes_for(epochs):
             return max(1, round(total_episodes * epochs / max_epochs))
@@ -485,10 +484,9 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
         first = next(stream)
         trainer.build(first)
         record["parameters"] = count_parameters(learner)
-        if config.max_params is not None and record["parameters"] > config.max_params:
-            raise BudgetError(
-                f"{record['parameters']:,} parameters > --max_params={config.max_params:,}"
-            )
+        violation = over_budget(record["parameters"], config.max_params)
+        if violation:
+            raise BudgetError(violation)
         record["flops"] = backbone_flops(learner, job.task)
         if parent:
             load_weights(learner, os.path.join(self.get_trial_dir(parent), WEIGHTS_FILE))
@@ -520,6 +518,13 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
             "jit_compile": job.jit_compile,
             **train_metrics,
         }
+
+
+def over_budget(parameters: int, max_params: int | None) -> str | None:
+    """Why `parameters` break `--max_params`, or None when they fit."""
+    if max_params is not None and parameters > max_params:
+        return f"{parameters:,} parameters > --max_params={max_params:,}"
+    return None
 
 
 class BudgetError(Exception):
@@ -720,6 +725,11 @@ def choose_trial(output_dir: str, trial_id: str, results: list[dict[str, Any]]) 
 
 
 EXPORT_KINDS = ("learner", "cell")
+LEARNER_SIGNATURES = {
+    "few_shot": "few_shot(support_images [s,h,w,c] float32 in [0,1], support_labels [s] int32, "
+    "query_images [q,h,w,c] float32 in [0,1]) -> {'logits': [q, num_classes]}",
+    "embed": "embed(images [n,h,w,c] float32 in [0,1]) -> {'embeddings': [n, d]}",
+}
 
 
 def restore_trial(output_dir: str, trial_id: str = "best"):
@@ -730,7 +740,8 @@ def restore_trial(output_dir: str, trial_id: str = "best"):
     """
     run = _read_run(output_dir)
     chosen = choose_trial(output_dir, trial_id, collect_results(output_dir))
-    learner, components, _ = _rebuild(output_dir, run, chosen)
+    components = _run_components(run)
+    learner, _ = _rebuild(output_dir, run, components, chosen)
     return learner, components.space, chosen["architecture_config"]
 
 
@@ -747,16 +758,20 @@ def _read_run(output_dir: str) -> dict[str, Any]:
     return {"config": config, "data": read_json(os.path.join(output_dir, "dataset.json"))}
 
 
-def _rebuild(output_dir: str, run: dict[str, Any], chosen: dict[str, Any]):
+def _run_components(run: dict[str, Any]) -> Components:
+    config = run["config"]
+    return Components(
+        config["plugin"], config["search_space"], config["dataset"], config.get("space_options")
+    )
+
+
+def _rebuild(output_dir: str, run: dict[str, Any], components: Components, chosen: dict[str, Any]):
     config, data = run["config"], run["data"]
     weights_path = os.path.join(
         output_dir, PROJECT_NAME, f"trial_{chosen['trial_id']}", WEIGHTS_FILE
     )
     if not os.path.exists(weights_path):
         raise UsageError(f"--trial={chosen['trial_id']}: its weights are missing ({weights_path})")
-    components = Components(
-        config["plugin"], config["search_space"], config["dataset"], config.get("space_options")
-    )
     task = TaskSpec(
         n_way=config["train_n_way"],
         k_shot=config["k_shot"],
@@ -772,7 +787,7 @@ def _rebuild(output_dir: str, run: dict[str, Any], chosen: dict[str, Any]):
     learner = components.build_learner(sampled, task)
     build_from_shapes(learner, task, data["normalization"])
     load_weights(learner, weights_path)
-    return learner, components, task
+    return learner, task
 
 
 def export_trial(
@@ -789,18 +804,29 @@ def export_trial(
     """
     if what not in EXPORT_KINDS:
         raise UsageError(f"--what: unknown {what!r}; known: {', '.join(EXPORT_KINDS)}")
+    return export_kinds(output_dir, trial_id, (what,), export_dir)[what]
+
+
+def export_kinds(
+    output_dir: str,
+    trial_id: str,
+    kinds: tuple[str, ...],
+    export_dir: str | None = None,
+) -> dict[str, str]:
+    """Exports each of `kinds` of one trial, rebuilding its learner once; returns the paths.
+
+    `export_dir` (for a single kind) replaces the default `RUN/export/{best,trial_ID}_KIND`.
+    """
     run = _read_run(output_dir)
     config, data = run["config"], run["data"]
     chosen = choose_trial(output_dir, trial_id, collect_results(output_dir))
-    space = Components(
-        config["plugin"], config["search_space"], config["dataset"], config.get("space_options")
-    ).space
-    if what == "cell" and not space.cell_graphs(chosen["architecture_config"]):
+    components = _run_components(run)
+    if "cell" in kinds and not components.space.cell_graphs(chosen["architecture_config"]):
         raise UsageError(
             f"--what=cell: search space {config['search_space']} has no cells; "
             "export the learner (--what=learner)"
         )
-    learner, components, task = _rebuild(output_dir, run, chosen)
+    learner, task = _rebuild(output_dir, run, components, chosen)
     metadata = {
         "format": 1,
         "trial_id": chosen["trial_id"],
@@ -827,26 +853,24 @@ def export_trial(
         },
         "versions": versions(),
     }
-    if export_dir is None:
-        name = "best" if trial_id == "best" else f"trial_{chosen['trial_id']}"
-        export_dir = os.path.join(output_dir, "export", f"{name}_{what}")
-    if what == "cell":
-        return _export_cells(
-            components.space, chosen["architecture_config"], learner, export_dir, metadata
+    name = "best" if trial_id == "best" else f"trial_{chosen['trial_id']}"
+    paths = {}
+    for what in kinds:
+        target = export_dir or os.path.join(output_dir, "export", f"{name}_{what}")
+        if what == "cell":
+            paths[what] = _export_cells(
+                components.space, chosen["architecture_config"], learner, target, metadata
+            )
+            continue
+        paths[what] = export_learner(
+            learner,
+            target,
+            image_size=config["image_size"],
+            channels=data["channels"],
+            normalization=tuple(data["normalization"]),
+            metadata={**metadata, "signatures": LEARNER_SIGNATURES},
         )
-    metadata["signatures"] = {
-        "few_shot": "few_shot(support_images [s,h,w,c] float32 in [0,1], support_labels [s] int32, "
-        "query_images [q,h,w,c] float32 in [0,1]) -> {'logits': [q, num_classes]}",
-        "embed": "embed(images [n,h,w,c] float32 in [0,1]) -> {'embeddings': [n, d]}",
-    }
-    return export_learner(
-        learner,
-        export_dir,
-        image_size=config["image_size"],
-        channels=data["channels"],
-        normalization=tuple(data["normalization"]),
-        metadata=metadata,
-    )
+    return paths
 
 
 def _export_cells(space: SearchSpace, architecture, learner, export_dir, metadata) -> str:
@@ -940,10 +964,14 @@ def search(config: RunConfig, flagfile: str, out=sys.stdout) -> dict[str, Any]:
             "table-scored trials have no weights to export.\n"
         )
     else:
-        summary["export_dir"] = export_trial(config.output_dir, "best")
-        out.write(f"Best learner exported to {summary['export_dir']}\n")
-        if job.components.space.cell_graphs(best["architecture_config"]):
-            summary["cell_export_dir"] = export_trial(config.output_dir, "best", what="cell")
-            out.write(f"Best cell exported to {summary['cell_export_dir']}\n")
+        has_cells = bool(job.components.space.cell_graphs(best["architecture_config"]))
+        paths = export_kinds(
+            config.output_dir, "best", ("learner", "cell") if has_cells else ("learner",)
+        )
+        summary["export_dir"] = paths["learner"]
+        out.write(f"Best learner exported to {paths['learner']}\n")
+        if has_cells:
+            summary["cell_export_dir"] = paths["cell"]
+            out.write(f"Best cell exported to {paths['cell']}\n")
     out.flush()
     return summary

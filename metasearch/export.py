@@ -18,6 +18,7 @@ into place, so a crash never leaves half an export behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -96,6 +97,29 @@ def replace_directory(source: str, target: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staged_export(export_dir: str):
+    """Yields a folder to write an export into; on success it is renamed to `export_dir`.
+
+    The folder sits beside the target, so the rename is atomic and a crash
+    never leaves half an export behind.
+    """
+    parent = os.path.dirname(export_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=parent)
+    try:
+        yield os.path.join(staging, "model")
+        replace_directory(os.path.join(staging, "model"), export_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_json(path: str, value: Any) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
 def export_learner(
     learner: MetaLearner,
     export_dir: str,
@@ -106,15 +130,11 @@ def export_learner(
 ) -> str:
     """Writes the learner as a SavedModel at `export_dir` (atomically); returns the path."""
     export_dir = os.path.abspath(export_dir)
-    parent = os.path.dirname(export_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=parent)
-    try:
-        metadata_path = os.path.join(staging, METADATA_FILE)
-        with open(metadata_path, "w", encoding="utf-8") as handle:
-            json.dump(metadata, handle, indent=2, sort_keys=True)
+    with staged_export(export_dir) as saved:
+        # The asset file must exist before the module that tracks it is saved.
+        metadata_path = os.path.join(os.path.dirname(saved), METADATA_FILE)
+        _write_json(metadata_path, metadata)
         module = FewShotModule(learner, image_size, channels, normalization, metadata_path)
-        saved = os.path.join(staging, "model")
         tf.saved_model.save(
             module,
             saved,
@@ -123,9 +143,6 @@ def export_learner(
                 "embed": module.embed.get_concrete_function(),
             },
         )
-        replace_directory(saved, export_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return export_dir
 
 
@@ -178,32 +195,21 @@ def export_cells(
 ) -> str:
     """Writes `cells` as one SavedModel (a signature per cell) at `export_dir`, atomically.
 
-    Beside the SavedModel files: `genotype.json` and any `pictures` (name ->
-    path of a PNG to copy in). Returns the path.
+    Beside the SavedModel files: `genotype.json`, `metasearch.json` and any
+    `pictures` (name -> path of a PNG to copy in). Returns the path.
     """
     export_dir = os.path.abspath(export_dir)
-    parent = os.path.dirname(export_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=parent)
-    try:
-        genotype_json = json.dumps(genotype, sort_keys=True)
-        metadata_json = json.dumps(metadata, sort_keys=True)
-        module = CellModule(cells, genotype_json, metadata_json)
-        saved = os.path.join(staging, "model")
+    with staged_export(export_dir) as saved:
+        module = CellModule(
+            cells, json.dumps(genotype, sort_keys=True), json.dumps(metadata, sort_keys=True)
+        )
         signatures = {
             name: function.get_concrete_function() for name, function in module.functions.items()
         }
         signatures["serving_default"] = next(iter(signatures.values()))
         tf.saved_model.save(module, saved, signatures=signatures)
-        with open(os.path.join(saved, "genotype.json"), "w", encoding="utf-8") as handle:
-            json.dump(genotype, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        with open(os.path.join(saved, METADATA_FILE), "w", encoding="utf-8") as handle:
-            json.dump(metadata, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        _write_json(os.path.join(saved, "genotype.json"), genotype)
+        _write_json(os.path.join(saved, METADATA_FILE), metadata)
         for name, picture in (pictures or {}).items():
             shutil.copyfile(picture, os.path.join(saved, name))
-        replace_directory(saved, export_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return export_dir
