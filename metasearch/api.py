@@ -77,6 +77,9 @@ class CellGraph:
     nodes: tuple[str, ...]
     output: str
     edges: tuple[tuple[str, str, str], ...]
+    # For cells that are grids (a fabric's layers x scales): each state's
+    # (column, row). None lays states out in columns by depth.
+    grid: Mapping[str, tuple[int, int]] | None = None
 
 
 class SearchSpace(abc.ABC):

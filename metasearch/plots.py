@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -51,7 +50,6 @@ _PALETTE = (
     "#7f7f7f",
 )
 _NODE_COLORS = {"input": "#cfe3f7", "node": "#fbf1d3", "output": "#d4f0d0"}
-_GRID_NAME = re.compile(r"^L(\d+)S(\d+)$")
 # Long operation-name pieces and their short forms, applied in order.
 _ABBREVIATIONS = (
     ("separable conv", "sep"),
@@ -74,8 +72,8 @@ def draw_cell(graph: CellGraph, path: str, title: str | None = None) -> str:
 
     Input states sit on the left, intermediate nodes in topological columns
     (a node's column is one more than its sources' largest), the output on
-    the right; when every intermediate node is named `L{layer}S{scale}` (a
-    neural fabric) nodes sit on a layer x scale grid instead. Each edge is an
+    the right; a graph with a `grid` (a neural fabric's layers x scales)
+    places its states on that grid instead. Each edge is an
     arrow labelled with its (abbreviated) operation; `concat`/`sum` edges are
     thin, grey and unlabelled, and the output names how it merges them.
     Raises `ValueError` for an edge between undeclared states, duplicate
@@ -436,25 +434,22 @@ def _column_layout(graph: CellGraph) -> dict[str, tuple[float, float]]:
 
 
 def _grid_layout(graph: CellGraph) -> dict[str, tuple[float, float]] | None:
-    """Positions on a layer x scale grid when every node is named `L{l}S{s}`, else None."""
-    if not graph.nodes or not all(_GRID_NAME.match(n) for n in graph.nodes):
+    """Positions from `graph.grid` (column, row of each state), or None without one."""
+    if not graph.grid:
         return None
     gap = _column_gap(graph)
     positions: dict[str, tuple[float, float]] = {}
-    cells: set[tuple[int, int]] = set()
+    cells: list[tuple[int, int]] = []
     loose_inputs, loose_output = [], None
     for name in [*graph.inputs, *graph.nodes, graph.output]:
-        match = _GRID_NAME.match(name)
-        if match is None:
+        if name not in graph.grid:
             if name == graph.output:
                 loose_output = name
             else:
                 loose_inputs.append(name)
             continue
-        layer, scale = int(match.group(1)), int(match.group(2))
-        if (layer, scale) in cells:
-            return None  # e.g. "L01S0" and "L1S0": not a grid after all
-        cells.add((layer, scale))
+        layer, scale = graph.grid[name]
+        cells.append((layer, scale))
         positions[name] = (layer * gap, -scale * _GRID_ROW_GAP)
     layers = [layer for layer, _ in cells]
     middle = -(max(s for _, s in cells) + min(s for _, s in cells)) / 2 * _GRID_ROW_GAP

@@ -107,7 +107,8 @@ class ConstraintMixin:
         self.candidate_filter: CandidateFilter | None = None
         self.rejected: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
-        self._rejected_hashes: set[str] = set()
+        # Value hash -> rejection reason, derived from `rejected` (rebuilt on resume).
+        self._rejected_reasons: dict[str, str] = {}
         super().__init__(*args, **kwargs)
 
     # keras-tuner calls `populate_space`; strategies implement `propose`.
@@ -133,16 +134,14 @@ class ConstraintMixin:
         if self.candidate_filter is None:
             return None
         key = self._compute_values_hash(values)
-        if key in self._rejected_hashes:
-            return next(
-                r["reason"] for r in self.rejected if self._compute_values_hash(r["values"]) == key
-            )
+        if key in self._rejected_reasons:
+            return self._rejected_reasons[key]
         if key in self._tried_so_far:
             return None  # already a trial: it was accepted before
         reason = self.candidate_filter(dict(values))
         if reason is not None:
             self.rejected.append({"values": dict(values), "reason": str(reason)})
-            self._rejected_hashes.add(key)
+            self._rejected_reasons[key] = str(reason)
             return str(reason)
         return None
 
@@ -160,7 +159,8 @@ class ConstraintMixin:
     def _duplicate(self, values):
         # Rejected candidates count as tried, so random sampling and mutation skip them.
         return (
-            super()._duplicate(values) or self._compute_values_hash(values) in self._rejected_hashes
+            super()._duplicate(values)
+            or self._compute_values_hash(values) in self._rejected_reasons
         )
 
     def _goodness(self, score: float) -> float:
@@ -203,7 +203,9 @@ class ConstraintMixin:
         constraint = state.get("constraint", {})
         self.rejected = list(constraint.get("rejected", []))
         self.stop_reason = constraint.get("stop_reason")
-        self._rejected_hashes = {self._compute_values_hash(r["values"]) for r in self.rejected}
+        self._rejected_reasons = {
+            self._compute_values_hash(r["values"]): r["reason"] for r in self.rejected
+        }
 
 
 # --------------------------------------------------------------------------- keras-tuner's
@@ -287,7 +289,9 @@ class HyperbandOracle(ConstraintMixin, keras_tuner.oracles.HyperbandOracle):
             values = super()._random_values()
             if values is None or self.check_candidate(values) is None:
                 return values
-        self.stop_for_filter()
+        if not self.ongoing_trials:
+            # Otherwise keras-tuner waits (IDLE) and running trials may still promote.
+            self.stop_for_filter()
         return None
 
     # `max_trials` is not state (as for every oracle): a resumed search may raise it.
@@ -955,7 +959,7 @@ class ControllerOracle(ConstraintMixin, keras_tuner.Oracle):
             if not self._duplicate(values):
                 return {"status": RUNNING, "values": values}
             key = self._compute_values_hash(values)
-            if key in self._rejected_hashes:
+            if key in self._rejected_reasons:
                 self.learn(values, self._penalty(), sampled)
                 continue
             known = self._known_scores() if known is None else known

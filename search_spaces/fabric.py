@@ -347,4 +347,5 @@ class NeuralFabric(SearchSpace):
             (node_name(edge_source(tuple(e))), node_name(tuple(e[:2])), OPERATIONS[e[2]])
             for e in config["edges"]
         )
-        return [CellGraph("fabric", ("L0S0",), nodes, node_name(output), edges)]
+        grid = {node_name(node): node for node in active_nodes(config)}
+        return [CellGraph("fabric", ("L0S0",), nodes, node_name(output), edges, grid=grid)]

@@ -63,7 +63,10 @@ def _fabric(layers: int = 6, scales: int = 4) -> CellGraph:
         for scale in range(scales)
         if (layer, scale) not in ((0, 0), (layers - 1, scales - 1))
     )
-    return CellGraph("fabric", ("L0S0",), nodes, output, tuple(edges))
+    grid = {
+        f"L{layer}S{scale}": (layer, scale) for layer in range(layers) for scale in range(scales)
+    }
+    return CellGraph("fabric", ("L0S0",), nodes, output, tuple(edges), grid=grid)
 
 
 def test_draw_nasnet_cell(tmp_path):
