@@ -19,6 +19,7 @@ others. Every oracle keeps all of its state in keras-tuner's
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ import numpy as np
 import sklearn.exceptions
 import sklearn.gaussian_process
 from keras_tuner.engine import hyperparameters as hp_module
+from keras_tuner.src.tuners import gridsearch
 from scipy import stats
 
 from metasearch.errors import UsageError
@@ -264,6 +266,24 @@ class GridOracle(ConstraintMixin, keras_tuner.oracles.GridSearchOracle):
         if values is not None:
             return {"status": RUNNING, "values": values}
         return {"status": IDLE if self.ongoing_trials else STOPPED, "values": None}
+
+    def set_state(self, state):
+        # keras-tuner keeps the walk (trials in grid order, trials to walk on
+        # from) only in memory, so a resumed grid search stopped at once.
+        # Both follow from the trials: rebuild them.
+        super().set_state(state)
+        self._ordered_ids = gridsearch.LinkedList()
+        ordered = sorted(
+            self.trials,
+            key=functools.cmp_to_key(
+                lambda a, b: self._compare(
+                    self.trials[a].hyperparameters.values, self.trials[b].hyperparameters.values
+                )
+            ),
+        )
+        for trial_id in ordered:
+            self._ordered_ids.insert(trial_id)
+        self._populate_next = list(self.end_order)
 
 
 class HyperbandOracle(ConstraintMixin, keras_tuner.oracles.HyperbandOracle):
