@@ -40,16 +40,23 @@ setup(
         "console_scripts": ["metasearch = metasearch.cli:run"],
         "metasearch.plugins": [
             "protonet = metasearch.plugins.protonet:PrototypicalNetworks",
+            "matching = metasearch.plugins.matching:MatchingNetworks",
+            "maml = metasearch.plugins.maml:MAML",
+            "fomaml = metasearch.plugins.maml:FOMAML",
+            "metasgd = metasearch.plugins.maml:MetaSGD",
+            "anil = metasearch.plugins.maml:ANIL",
         ],
         "metasearch.search_spaces": [
             "conv_blocks = metasearch.search_spaces.conv_blocks:ConvBlocks",
             "nasnet = metasearch.search_spaces.nasnet:NASNet",
             "fabric = metasearch.search_spaces.fabric:NeuralFabric",
             "nasbench201 = metasearch.search_spaces.nasbench201:NASBench201",
+            "mlp = metasearch.search_spaces.mlp:MLP",
         ],
         "metasearch.datasets": [
             "glyphs = metasearch.data.glyphs:Glyphs",
             "omniglot = metasearch.data.omniglot:Omniglot",
+            "sinusoid = metasearch.data.sinusoid:Sinusoid",
         ],
     },
 )

@@ -31,13 +31,22 @@ import tensorflow as tf
 Config = Mapping[str, Any]
 
 
-class Episode(NamedTuple):
-    """One N-way K-shot Q-query classification task.
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+TASK_KINDS = (CLASSIFICATION, REGRESSION)
 
-    Images are float32 `[n, height, width, channels]`, already resized and
-    normalised by the core. Labels are int32 in `0..N-1`; the support set holds
-    K images of each of the N classes and the query set Q of each, in no
-    particular order.
+
+class Episode(NamedTuple):
+    """One few-shot task: a support set to adapt on and a query set to predict.
+
+    Classification (N-way K-shot Q-query): images are float32
+    `[n, height, width, channels]`, already resized and normalised by the
+    core; labels are int32 in `0..N-1`; the support set holds K images of each
+    of the N classes and the query set Q of each, in no particular order.
+
+    Regression (K-shot, e.g. `sinusoid`): the "images" are float32 inputs
+    `[n, *input_shape]` and the "labels" float32 targets `[n, target_dim]`;
+    the support set holds K points and the query set Q.
     """
 
     support_images: tf.Tensor
@@ -51,13 +60,22 @@ class TaskSpec:
     """The shape of the episodes a learner is meta-trained on.
 
     `image_shape` is `(height, width, channels)` of the images the learner
-    receives. Evaluation and exported models may use other N and K.
+    receives (for regression: the input shape, e.g. `(1,)`). Evaluation and
+    exported models may use other N and K. `kind` is `"classification"` or
+    `"regression"`; regression tasks have `n_way == 1` and `target_dim`
+    outputs per point.
     """
 
     n_way: int
     k_shot: int
     n_query: int
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
+    kind: str = CLASSIFICATION
+    target_dim: int = 1
+
+    @property
+    def is_regression(self) -> bool:
+        return self.kind == REGRESSION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +204,15 @@ class MetaLearner(keras.layers.Layer, abc.ABC):
       traces them inside its own `tf.function`s, with and without XLA.
     * `num_classes` is a Python int during meta-training and evaluation and a
       scalar int32 tensor inside exported SavedModels; handle both.
+    * `TASK_KINDS` lists the task kinds the learner supports. For regression
+      (`task.is_regression`) labels are float32 targets `[n, target_dim]`,
+      `num_classes` is 1 and `predict` returns predictions `[q, target_dim]`;
+      metrics hold `mse` instead of `accuracy`.
+    * Gradient-based learners run their inner loops with
+      `metasearch.inner_loop` (explicit parameter lists, compiled by the core).
     """
+
+    TASK_KINDS: tuple[str, ...] = (CLASSIFICATION,)
 
     @classmethod
     @abc.abstractmethod
@@ -232,19 +258,29 @@ class MetaLearner(keras.layers.Layer, abc.ABC):
 
         The core differentiates the loss with respect to `trainable_variables`
         and applies its optimiser. `metrics` maps names to scalar tensors
-        (at least `accuracy`). The default is the query cross-entropy of
+        (at least `accuracy`, or `mse` for regression). The default is the
+        query loss (cross-entropy, or mean squared error for regression) of
         `predict(adapt(support))` in training mode.
         """
         state = self.adapt(
             episode.support_images, episode.support_labels, self.task.n_way, training=True
         )
-        logits = self.predict(state, episode.query_images, training=True)
-        loss = tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=episode.query_labels, logits=logits
-            )
-        )
-        return loss, {"accuracy": accuracy(logits, episode.query_labels)}
+        outputs = self.predict(state, episode.query_images, training=True)
+        return task_loss(self.task, outputs, episode.query_labels)
+
+
+def task_loss(
+    task: TaskSpec, outputs: tf.Tensor, labels: tf.Tensor
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """`(loss, metrics)` of predictions against labels: cross-entropy and accuracy,
+    or for regression mean squared error (reported as `mse`)."""
+    if task.is_regression:
+        mse = tf.reduce_mean(tf.square(outputs - labels))
+        return mse, {"mse": mse}
+    loss = tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs)
+    )
+    return loss, {"accuracy": accuracy(outputs, labels)}
 
 
 def accuracy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -303,7 +339,7 @@ class DatasetOptions:
 
 
 class Dataset(abc.ABC):
-    """A source of image classes for few-shot episodes.
+    """A source of image classes for few-shot classification episodes.
 
     Contract:
     * `channels` is the channel count of the images as decoded from the data
@@ -316,6 +352,7 @@ class Dataset(abc.ABC):
     """
 
     channels: int = 1
+    kind: str = CLASSIFICATION
 
     def __init__(self, options: DatasetOptions):
         self.options = options
@@ -323,3 +360,40 @@ class Dataset(abc.ABC):
     @abc.abstractmethod
     def load(self) -> ClassSplits:
         """Returns the class sets."""
+
+
+class RegressionDataset(Dataset):
+    """A distribution of few-shot regression tasks (e.g. `sinusoid`).
+
+    Contract:
+    * `input_shape` and `target_dim` give the shape of one input and the
+      number of targets per point.
+    * `load()` checks the options (raising `UsageError` naming the flag) and
+      returns None: tasks are generated, not read.
+    * `episodes(split, k_shot, n_query, seed, stream, count, start)` returns a
+      `tf.data.Dataset` of `Episode`s with float32 inputs `[k, *input_shape]`
+      and targets `[k, target_dim]` (support) and the same for `n_query`
+      query points. Episode `i` is a pure function of `(seed, stream, i)`;
+      `split` ("train", "val" or "test") selects disjoint task streams.
+    """
+
+    kind = REGRESSION
+    input_shape: tuple[int, ...] = (1,)
+    target_dim: int = 1
+
+    def load(self) -> None:
+        """Checks the options; tasks are generated, so there is nothing to read."""
+        return None
+
+    @abc.abstractmethod
+    def episodes(
+        self,
+        split: str,
+        k_shot: int,
+        n_query: int,
+        seed: int,
+        stream: int,
+        count: int | None = None,
+        start: int = 0,
+    ) -> tf.data.Dataset:
+        """A stream of regression `Episode`s: `count` of them, or endless if None."""

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import math
 import os
 import platform
 import shutil
@@ -42,7 +43,15 @@ import tensorflow as tf
 
 import metasearch
 from metasearch import distributed, plots, registry, strategies
-from metasearch.api import ClassSplits, Dataset, DatasetOptions, MetaLearner, SearchSpace, TaskSpec
+from metasearch.api import (
+    REGRESSION,
+    ClassSplits,
+    Dataset,
+    DatasetOptions,
+    MetaLearner,
+    SearchSpace,
+    TaskSpec,
+)
 from metasearch.data import episodes
 from metasearch.errors import UsageError
 from metasearch.export import cell_input_names, export_cells, export_learner
@@ -52,7 +61,10 @@ from metasearch.progress import Progress
 from metasearch.training import DivergedError, MetaTrainer, count_parameters, resolve_jit_compile
 
 PROJECT_NAME = "keras_tuner"
+# The objective keras-tuner optimises: query accuracy for classification,
+# query mean squared error (minimised) for regression data sets.
 OBJECTIVE = "val_accuracy"
+REGRESSION_OBJECTIVE = "val_mse"
 TRIAL_RECORD = "metasearch_trial.json"
 WEIGHTS_FILE = "learner.weights.npz"
 PROGRESS_PICTURE = "search_progress.png"
@@ -237,6 +249,8 @@ class Job:
         check_output_dir(config)
         self.table = None
         self.splits = None
+        self.dataset = None
+        self.regression = False
         self.channels = None
         self.normalization = (0.0, 1.0)
         self.task = None
@@ -255,7 +269,27 @@ class Job:
             seed=config.seed,
             options=config.dataset_options,
         )
-        self.splits = self.components.dataset(options).load()
+        self.dataset = self.components.dataset(options)
+        kind = self.dataset.kind
+        plugin_kinds = tuple(getattr(self.components.plugin, "TASK_KINDS", ("classification",)))
+        if kind not in plugin_kinds:
+            raise UsageError(
+                f"--plugin={config.plugin}: learns {' and '.join(plugin_kinds)} tasks, but "
+                f"--dataset={config.dataset} is a {kind} data set"
+            )
+        if kind == REGRESSION:
+            self.regression = True
+            self.dataset.load()
+            self.task = TaskSpec(
+                n_way=1,
+                k_shot=config.k_shot,
+                n_query=config.n_query,
+                image_shape=tuple(self.dataset.input_shape),
+                kind=REGRESSION,
+                target_dim=int(self.dataset.target_dim),
+            )
+            return
+        self.splits = self.dataset.load()
         check_episode_shapes(config, self.splits)
         self.channels = int(self.components.dataset.channels)
         train_images = self.splits.train.images
@@ -265,6 +299,32 @@ class Job:
             k_shot=config.k_shot,
             n_query=config.n_query,
             image_shape=(config.image_size, config.image_size, self.channels),
+        )
+
+    @property
+    def objective(self) -> tuple[str, str]:
+        """keras-tuner's objective: `(name, direction)`."""
+        return (REGRESSION_OBJECTIVE, "min") if self.regression else (OBJECTIVE, "max")
+
+    def episode_stream(
+        self, split: str, seed: int, stream: int, count: int | None = None
+    ) -> tf.data.Dataset:
+        """Episodes of one split: meta-training (`--train_n_way`, augmented) or evaluation."""
+        config = self.config
+        if self.regression:
+            return self.dataset.episodes(
+                split, config.k_shot, config.n_query, seed, stream, count=count
+            )
+        training = split == "train"
+        return episodes.episode_dataset(
+            getattr(self.splits, split),
+            config.train_n_way if training else config.n_way,
+            config.k_shot,
+            config.n_query,
+            seed,
+            stream,
+            count=count,
+            augment=config.augment if training else "none",
         )
 
     def candidate_violation(self, values: dict[str, Any]) -> str | None:
@@ -286,6 +346,15 @@ class Job:
     def dataset_info(self) -> dict[str, Any]:
         if not self.trains:
             return {"evaluator": "table", "table": self.config.table}
+        if self.regression:
+            return {
+                "dataset": self.config.dataset,
+                "kind": REGRESSION,
+                "input_shape": list(self.task.image_shape),
+                "target_dim": self.task.target_dim,
+                "channels": None,
+                "normalization": list(self.normalization),
+            }
         return {
             "dataset": self.config.dataset,
             "channels": self.channels,
@@ -422,7 +491,8 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
         record.update(status="COMPLETED", wall_seconds=time.time() - started, **metrics)
         write_json_atomic(os.path.join(trial_dir, TRIAL_RECORD), record)
         self.progress.trial_finished(trial.trial_id, record)
-        return {OBJECTIVE: metrics["val_accuracy"]}
+        name = self.job.objective[0]
+        return {name: metrics[name]}
 
     def _look_up(self, sampled) -> dict[str, Any]:
         key = self.job.components.space.table_key(sampled["architecture"])
@@ -460,7 +530,8 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
         seed = derived_seed(config.seed, f"trial {trial.trial_id}")
         keras.utils.set_random_seed(seed)
         total, done, parent = self._episode_budget(trial)
-        steps = max(1, total - done)
+        # A step meta-trains on --meta_batch_size episodes.
+        steps = max(1, math.ceil((total - done) / config.meta_batch_size))
         learner = job.components.build_learner(sampled, job.task)
         trainer = MetaTrainer(
             learner,
@@ -468,16 +539,9 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
             learning_rate=sampled["learning_rate"],
             total_steps=steps,
             jit_compile=job.jit_compile,
+            meta_batch_size=config.meta_batch_size,
         )
-        train_stream = episodes.episode_dataset(
-            job.splits.train,
-            config.train_n_way,
-            config.k_shot,
-            config.n_query,
-            seed,
-            episodes.TRAIN_STREAM,
-            augment=config.augment,
-        )
+        train_stream = job.episode_stream("train", seed, episodes.TRAIN_STREAM)
         # One pipeline for the whole trial: its first episode builds the
         # variables, then is trained on like the rest.
         stream = iter(train_stream)
@@ -495,26 +559,22 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
         train_metrics = trainer.train(
             itertools.chain([first], stream),
             steps,
-            on_progress=lambda step, loss, acc: self.progress.trial_step(
-                trial.trial_id, step, steps, loss, acc
+            on_progress=lambda step, loss, metric: self.progress.trial_step(
+                trial.trial_id, step, steps, loss, metric
             ),
         )
-        val_stream = episodes.episode_dataset(
-            job.splits.val,
-            config.n_way,
-            config.k_shot,
-            config.n_query,
-            config.seed,
-            episodes.VAL_STREAM,
-            count=config.eval_episodes,
+        val_stream = job.episode_stream(
+            "val", config.seed, episodes.VAL_STREAM, count=config.eval_episodes
         )
-        accuracies = trainer.evaluate(val_stream, config.n_way)
-        mean, ci95 = episodes.mean_and_ci95(accuracies)
+        scores = trainer.evaluate(val_stream, 1 if job.regression else config.n_way)
+        mean, ci95 = episodes.mean_and_ci95(scores)
+        if not np.isfinite(mean):
+            raise DivergedError(f"meta-validation {job.objective[0]} is {mean}")
         save_weights(learner, os.path.join(trial_dir, WEIGHTS_FILE))
         return {
-            "val_accuracy": mean,
+            job.objective[0]: mean,
             "val_ci95": ci95,
-            "eval_episodes": len(accuracies),
+            "eval_episodes": len(scores),
             "jit_compile": job.jit_compile,
             **train_metrics,
         }
@@ -594,11 +654,12 @@ def make_oracle(
     seed: int,
     hyperparameters: keras_tuner.HyperParameters | None = None,
     options: dict[str, Any] | None = None,
+    objective: tuple[str, str] = (OBJECTIVE, "max"),
 ) -> keras_tuner.Oracle:
     """The `--strategy` oracle, seeded from `--seed`, able to serve a distributed search."""
     oracle = strategies.make_oracle(
         strategy,
-        objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
+        objective=keras_tuner.Objective(*objective),
         max_trials=max_trials,
         seed=derived_seed(seed, "oracle"),
         hyperparameters=hyperparameters,
@@ -630,17 +691,27 @@ def collect_results(job_dir: str) -> list[dict[str, Any]]:
             merged.update({k: v for k, v in record.items() if k != "status"})
         if status != "COMPLETED":
             merged.pop("val_accuracy", None)
+            merged.pop(REGRESSION_OBJECTIVE, None)
             if trial.get("message") and "error" not in merged:
                 merged["error"] = trial["message"].strip().splitlines()[-1]
         results.append(merged)
     return results
 
 
+def trial_score(record: dict[str, Any]) -> float | None:
+    """Higher is better: the validation accuracy, or minus the validation MSE."""
+    if record.get("val_accuracy") is not None:
+        return float(record["val_accuracy"])
+    if record.get(REGRESSION_OBJECTIVE) is not None:
+        return -float(record[REGRESSION_OBJECTIVE])
+    return None
+
+
 def best_trial(results: list[dict[str, Any]]) -> dict[str, Any] | None:
-    completed = [r for r in results if r["status"] == "COMPLETED" and "val_accuracy" in r]
+    completed = [r for r in results if r["status"] == "COMPLETED" and trial_score(r) is not None]
     if not completed:
         return None
-    return max(completed, key=lambda r: (r["val_accuracy"], -int(r["trial_id"])))
+    return max(completed, key=lambda r: (trial_score(r), -int(r["trial_id"])))
 
 
 def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
@@ -650,6 +721,11 @@ def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
             f"Leaderboard: {config['search_space']} scored from {config['table']} "
             f"(column {config['table_column']})"
         )
+    elif any(REGRESSION_OBJECTIVE in r for r in results):
+        title = (
+            f"Leaderboard: {config['plugin']} on {config['dataset']}, {config['k_shot']}-shot "
+            "meta-validation mean squared error (mean ± 95% CI, lower is better)"
+        )
     else:
         title = (
             f"Leaderboard: {config['plugin']} on {config['dataset']}, {config['n_way']}-way "
@@ -657,12 +733,19 @@ def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
         )
     ordered = sorted(
         results,
-        key=lambda r: (r["status"] != "COMPLETED", -r.get("val_accuracy", 0.0), r["trial_id"]),
+        key=lambda r: (
+            r["status"] != "COMPLETED",
+            -(trial_score(r) if trial_score(r) is not None else -math.inf),
+            r["trial_id"],
+        ),
     )
-    header = f"{'rank':>4}  {'trial':>5}  {'status':<9}  {'val accuracy':>16}  {'params':>9}  {'FLOPs':>7}  {'time':>7}  architecture / learner"
+    column = "val MSE" if any(REGRESSION_OBJECTIVE in r for r in results) else "val accuracy"
+    header = f"{'rank':>4}  {'trial':>5}  {'status':<9}  {column:>16}  {'params':>9}  {'FLOPs':>7}  {'time':>7}  architecture / learner"
     lines = [title, header, "-" * len(header)]
     for rank, r in enumerate(ordered, start=1):
-        if r["status"] == "COMPLETED" and "val_accuracy" in r:
+        if r["status"] == "COMPLETED" and r.get(REGRESSION_OBJECTIVE) is not None:
+            score = f"{r[REGRESSION_OBJECTIVE]:.4f} ± {r.get('val_ci95', 0.0):.4f}"
+        elif r["status"] == "COMPLETED" and "val_accuracy" in r:
             score = f"{100 * r['val_accuracy']:6.2f}"
             score += f" ± {100 * r['val_ci95']:5.2f}%" if "val_ci95" in r else "%"
         else:
@@ -688,7 +771,9 @@ def write_results(job_dir: str, config: dict[str, Any]) -> tuple[list[dict[str, 
     write_json_atomic(
         os.path.join(job_dir, "results.json"),
         {
-            "objective": OBJECTIVE,
+            "objective": REGRESSION_OBJECTIVE
+            if any(REGRESSION_OBJECTIVE in r for r in results)
+            else OBJECTIVE,
             "best_trial": best["trial_id"] if best else None,
             "trials": results,
         },
@@ -729,6 +814,11 @@ LEARNER_SIGNATURES = {
     "few_shot": "few_shot(support_images [s,h,w,c] float32 in [0,1], support_labels [s] int32, "
     "query_images [q,h,w,c] float32 in [0,1]) -> {'logits': [q, num_classes]}",
     "embed": "embed(images [n,h,w,c] float32 in [0,1]) -> {'embeddings': [n, d]}",
+}
+REGRESSION_SIGNATURES = {
+    "adapt_and_predict": "adapt_and_predict(support_x [s, *input_shape] float32, support_y "
+    "[s, t] float32, query_x [q, *input_shape] float32) -> {'predictions': [q, t]}",
+    "embed": "embed(x [n, *input_shape] float32) -> {'embeddings': [n, d]}",
 }
 
 
@@ -772,12 +862,22 @@ def _rebuild(output_dir: str, run: dict[str, Any], components: Components, chose
     )
     if not os.path.exists(weights_path):
         raise UsageError(f"--trial={chosen['trial_id']}: its weights are missing ({weights_path})")
-    task = TaskSpec(
-        n_way=config["train_n_way"],
-        k_shot=config["k_shot"],
-        n_query=config["n_query"],
-        image_shape=(config["image_size"], config["image_size"], data["channels"]),
-    )
+    if data.get("kind") == REGRESSION:
+        task = TaskSpec(
+            n_way=1,
+            k_shot=config["k_shot"],
+            n_query=config["n_query"],
+            image_shape=tuple(data["input_shape"]),
+            kind=REGRESSION,
+            target_dim=data["target_dim"],
+        )
+    else:
+        task = TaskSpec(
+            n_way=config["train_n_way"],
+            k_shot=config["k_shot"],
+            n_query=config["n_query"],
+            image_shape=(config["image_size"], config["image_size"], data["channels"]),
+        )
     sampled = {
         "architecture": chosen["architecture_config"],
         "plugin": chosen["plugin_config"],
@@ -845,6 +945,7 @@ def export_kinds(
         "meta_training_task": {"n_way": task.n_way, "k_shot": task.k_shot, "n_query": task.n_query},
         "metrics": {
             "val_accuracy": chosen.get("val_accuracy"),
+            REGRESSION_OBJECTIVE: chosen.get(REGRESSION_OBJECTIVE),
             "val_ci95": chosen.get("val_ci95"),
             "eval_n_way": config["n_way"],
             "eval_k_shot": config["k_shot"],
@@ -868,7 +969,10 @@ def export_kinds(
             image_size=config["image_size"],
             channels=data["channels"],
             normalization=tuple(data["normalization"]),
-            metadata={**metadata, "signatures": LEARNER_SIGNATURES},
+            metadata={
+                **metadata,
+                "signatures": REGRESSION_SIGNATURES if task.is_regression else LEARNER_SIGNATURES,
+            },
         )
     return paths
 
@@ -894,6 +998,15 @@ def _export_cells(space: SearchSpace, architecture, learner, export_dir, metadat
 def build_from_shapes(learner: MetaLearner, task: TaskSpec, normalization) -> None:
     """Creates a learner's variables from zero-filled episodes of the task's shape."""
     shape = task.image_shape
+    if task.is_regression:
+        episode = episodes.Episode(
+            support_images=tf.zeros([task.k_shot, *shape]),
+            support_labels=tf.zeros([task.k_shot, task.target_dim]),
+            query_images=tf.zeros([task.n_query, *shape]),
+            query_labels=tf.zeros([task.n_query, task.target_dim]),
+        )
+        MetaTrainer(learner, normalization, 1e-3, 1, jit_compile=False).build(episode)
+        return
     labels = tf.range(task.n_way, dtype=tf.int32)
     episode = episodes.Episode(
         support_images=tf.zeros([task.n_way * task.k_shot, *shape]),
@@ -917,9 +1030,19 @@ def search(config: RunConfig, flagfile: str, out=sys.stdout) -> dict[str, Any]:
     job = Job(config, role)
     if role != "worker":
         job.start(flagfile)
-    progress = Progress(config.max_trials, enabled=config.progress, stream=out)
+    progress = Progress(
+        config.max_trials,
+        enabled=config.progress,
+        stream=out,
+        metric="mse" if job.regression else "accuracy",
+    )
     oracle = make_oracle(
-        config.strategy, config.max_trials, config.seed, job.fixed, config.strategy_options
+        config.strategy,
+        config.max_trials,
+        config.seed,
+        job.fixed,
+        config.strategy_options,
+        objective=job.objective,
     )
     tuner = FewShotTuner(job, oracle, progress)
     done = 0

@@ -1,9 +1,19 @@
 """SavedModel export of a trained few-shot learner.
 
-The SavedModel needs nothing but TensorFlow to load. Signatures:
+The SavedModel needs nothing but TensorFlow to load. Signatures of a
+classification learner:
 
 * `few_shot(support_images, support_labels, query_images) -> {"logits": [q, c]}`
 * `embed(images) -> {"embeddings": [n, d]}`
+
+and of a regression learner (e.g. on `sinusoid`):
+
+* `adapt_and_predict(support_x, support_y, query_x) -> {"predictions": [q, t]}`
+  with inputs `[n, *input_shape]` and targets `[n, t]`, float32
+* `embed(x) -> {"embeddings": [n, d]}`
+
+Adaptation runs inside the graph: for gradient-based learners (the MAML
+family) the signature runs the inner loop itself.
 
 Images are float32 `[n, h, w, channels]` in [0, 1] exactly as decoded from
 the data set's files, of any height and width; resizing and normalisation
@@ -55,6 +65,23 @@ class FewShotModule(tf.Module):
         self.metadata_asset = tf.saved_model.Asset(metadata_path)
         with open(metadata_path, encoding="utf-8") as handle:
             self._metadata_json = handle.read()
+        self.regression = learner.task.is_regression
+        if self.regression:
+            shape = list(learner.task.image_shape)
+            targets = learner.task.target_dim
+            self.adapt_and_predict = tf.function(
+                self._adapt_and_predict,
+                input_signature=[
+                    tf.TensorSpec([None, *shape], tf.float32, name="support_x"),
+                    tf.TensorSpec([None, targets], tf.float32, name="support_y"),
+                    tf.TensorSpec([None, *shape], tf.float32, name="query_x"),
+                ],
+            )
+            self.embed = tf.function(
+                self._embed_inputs, input_signature=[tf.TensorSpec([None, *shape], tf.float32)]
+            )
+            self.metadata = tf.function(self._metadata, input_signature=[])
+            return
         image_spec = tf.TensorSpec([None, None, None, channels], tf.float32)
         self.few_shot = tf.function(
             self._few_shot,
@@ -81,6 +108,13 @@ class FewShotModule(tf.Module):
 
     def _embed(self, images):
         return {"embeddings": self.learner.embed(self._preprocess(images), training=False)}
+
+    def _adapt_and_predict(self, support_x, support_y, query_x):
+        state = self.learner.adapt(support_x, support_y, 1, training=False)
+        return {"predictions": self.learner.predict(state, query_x, training=False)}
+
+    def _embed_inputs(self, x):
+        return {"embeddings": self.learner.embed(x, training=False)}
 
     def _metadata(self):
         return tf.constant(self._metadata_json)
@@ -135,11 +169,12 @@ def export_learner(
         metadata_path = os.path.join(os.path.dirname(saved), METADATA_FILE)
         _write_json(metadata_path, metadata)
         module = FewShotModule(learner, image_size, channels, normalization, metadata_path)
+        main = "adapt_and_predict" if module.regression else "few_shot"
         tf.saved_model.save(
             module,
             saved,
             signatures={
-                "few_shot": module.few_shot.get_concrete_function(),
+                main: getattr(module, main).get_concrete_function(),
                 "embed": module.embed.get_concrete_function(),
             },
         )

@@ -82,6 +82,12 @@ flags.DEFINE_enum(
     "Meta-training image augmentation: affine redraws each image with a small random "
     "rotation, scale, shear and shift. Evaluation is never augmented.",
 )
+flags.DEFINE_integer(
+    "meta_batch_size",
+    1,
+    "Episodes (tasks) averaged per meta-training step; --episodes_per_trial counts episodes.",
+    lower_bound=1,
+)
 flags.DEFINE_integer("image_size", 28, "Square size images are resized to.", lower_bound=4)
 flags.DEFINE_integer("seed", 0, "Seed for trials, weights and episodes.")
 
@@ -164,6 +170,12 @@ flags.DEFINE_enum(
     "omniglot: add 90/180/270-degree rotations as new classes, in no, the meta-train, or every class set.",
 )
 
+flags.DEFINE_list(
+    "sinusoid_amplitude", ["0.1", "5.0"], "sinusoid: amplitude range LOW,HIGH (Finn et al.)."
+)
+flags.DEFINE_list("sinusoid_phase", ["0", "3.141592653589793"], "sinusoid: phase range LOW,HIGH.")
+flags.DEFINE_list("sinusoid_x_range", ["-5.0", "5.0"], "sinusoid: input range LOW,HIGH.")
+
 # --- distributed search ---------------------------------------------------
 flags.DEFINE_integer(
     "worker_timeout",
@@ -205,6 +217,7 @@ IDENTITY_FLAGS = (
     "n_query",
     "train_n_way",
     "augment",
+    "meta_batch_size",
     "image_size",
     "seed",
     "glyphs_classes",
@@ -213,6 +226,9 @@ IDENTITY_FLAGS = (
     "omniglot_val",
     "omniglot_test",
     "omniglot_rotations",
+    "sinusoid_amplitude",
+    "sinusoid_phase",
+    "sinusoid_x_range",
 )
 # Flags resolved into `strategy_options` and `space_options` (also part of the identity).
 STRATEGY_OPTION_FLAGS = {
@@ -276,6 +292,7 @@ class RunConfig:
     strategy_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     space_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     worker_timeout: int = 120
+    meta_batch_size: int = 1
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
@@ -302,6 +319,12 @@ def dataset_options(dataset: str) -> dict[str, Any]:
             "val": list(FLAGS.omniglot_val),
             "test": list(FLAGS.omniglot_test),
             "rotations": FLAGS.omniglot_rotations,
+        }
+    if dataset == "sinusoid":
+        return {
+            "amplitude": ",".join(FLAGS.sinusoid_amplitude),
+            "phase": ",".join(FLAGS.sinusoid_phase),
+            "x_range": ",".join(FLAGS.sinusoid_x_range),
         }
     return {}
 
@@ -347,6 +370,7 @@ def resolve() -> RunConfig:
         strategy_options=_options(STRATEGY_OPTION_FLAGS, FLAGS.strategy),
         space_options=_options(SPACE_OPTION_FLAGS, FLAGS.search_space),
         worker_timeout=FLAGS.worker_timeout,
+        meta_batch_size=FLAGS.meta_batch_size,
     )
 
 

@@ -246,6 +246,8 @@ def plot_search_progress(trials: list[dict[str, Any]], path: str, title: str = "
     Written atomically.
     """
     records = _trial_order(trials)
+    if any(r.get("val_mse") is not None for r in records):
+        return _plot_regression_progress(records, path, title)
     n = len(records)
     figure = Figure(figsize=(min(16.0, 9.0 + n / 60), 4.6), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
@@ -570,6 +572,73 @@ def _short_label(operation: str) -> str:
     if len(text) > _LABEL_MAX_CHARS:
         text = text[: _LABEL_MAX_CHARS - 1] + "…"
     return text
+
+
+def _plot_regression_progress(records: list[dict[str, Any]], path: str, title: str) -> str:
+    """Validation MSE per trial (log scale, lower is better) and the best so far."""
+    figure = Figure(figsize=(9.0, 4.6), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.set_xlabel("trial number")
+    axes.set_ylabel("validation MSE (lower is better)")
+    axes.set_title(title or "Search progress")
+    axes.grid(True, alpha=0.3)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    points = []
+    for index, record in enumerate(records, start=1):
+        try:
+            value = float(record.get("val_mse"))
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value) and value > 0:
+            points.append((index, value, _ci(record)))
+    failed = [
+        i
+        for i, r in enumerate(records, start=1)
+        if str(r.get("status", "")).upper() in ("FAILED", "INVALID")
+    ]
+    if points:
+        xs, ys, errors = zip(*points)
+        axes.errorbar(
+            xs,
+            ys,
+            yerr=errors,
+            fmt="o",
+            color="#1f77b4",
+            ecolor="#8fb8de",
+            capsize=2,
+            label="trial (95% CI)",
+            zorder=3,
+        )
+        best, best_x, best_y = math.inf, [], []
+        scores = dict(zip(xs, ys))
+        for x in range(xs[0], len(records) + 1):
+            best = min(best, scores.get(x, math.inf))
+            best_x.append(x)
+            best_y.append(best)
+        axes.step(
+            best_x,
+            best_y,
+            where="post",
+            color="#d62728",
+            linewidth=1.6,
+            label=f"best so far ({best:.3g})",
+        )
+        axes.set_yscale("log")
+    if failed:
+        bottom = blended_transform_factory(axes.transData, axes.transAxes)
+        axes.plot(
+            failed,
+            [0.04] * len(failed),
+            "x",
+            transform=bottom,
+            color="#d62728",
+            label=f"failed ({len(failed)})",
+            clip_on=False,
+            zorder=5,
+        )
+    axes.legend(loc="best", fontsize=8)
+    return _save(figure, path)
 
 
 def _output_merge(graph: CellGraph) -> str | None:

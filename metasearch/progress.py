@@ -14,8 +14,16 @@ from typing import Any, TextIO
 class Progress:
     """Prints trial starts, a progress bar per trial, and trial results."""
 
-    def __init__(self, max_trials: int, enabled: bool = True, stream: TextIO = sys.stdout):
+    def __init__(
+        self,
+        max_trials: int,
+        enabled: bool = True,
+        stream: TextIO = sys.stdout,
+        metric: str = "accuracy",
+    ):
         self.max_trials = max_trials
+        # "accuracy" (shown in percent) or "mse" (regression).
+        self.metric = metric
         self.enabled = enabled
         self.stream = stream
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
@@ -64,9 +72,10 @@ class Progress:
         elapsed = max(time.time() - self._started, 1e-9)
         filled = int(20 * step / total)
         bar = "#" * filled + "." * (20 - filled)
+        shown = f"mse {accuracy:.3f}" if self.metric == "mse" else f"acc {100 * accuracy:5.1f}%"
         line = (
-            f"  [{bar}] {step}/{total} episodes  loss {loss:.3f}  acc {100 * accuracy:5.1f}%  "
-            f"{step / elapsed:5.1f} episodes/s"
+            f"  [{bar}] {step}/{total} steps  loss {loss:.3f}  {shown}  "
+            f"{step / elapsed:5.1f} steps/s"
         )
         if self.tty:
             self._write("\r" + line)
@@ -82,6 +91,12 @@ class Progress:
 
     def trial_finished(self, trial_id: str, record: dict[str, Any]) -> None:
         self._end_line()
+        if "val_mse" in record:
+            self._write(
+                f"  -> val MSE {record['val_mse']:.4f} ± {record['val_ci95']:.4f} "
+                f"({record['parameters']:,} parameters, {record['wall_seconds']:.0f}s)\n"
+            )
+            return
         if "val_ci95" not in record:
             self._write(f"  -> table accuracy {100 * record['val_accuracy']:.2f}%\n")
             return

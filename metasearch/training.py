@@ -56,7 +56,11 @@ class MetaTrainer:
     `normalization` is the `(mean, std)` applied to every image before the
     learner sees it (the exported model applies the same). The decay spans
     `total_steps` steps, or, when it is None, the wall-clock budget given to
-    `train_for`.
+    `train_for`. Each step averages the loss over `meta_batch_size` episodes
+    (tasks); a step counts as that many episodes in progress reports.
+
+    The task metric is `accuracy` for classification and `mse` (mean squared
+    error) for regression learners (`learner.task.is_regression`).
     """
 
     final_learning_rate_fraction = 0.05
@@ -68,8 +72,14 @@ class MetaTrainer:
         learning_rate: float,
         total_steps: int | None,
         jit_compile: bool,
+        meta_batch_size: int = 1,
     ):
+        if meta_batch_size < 1:
+            raise ValueError(f"meta_batch_size must be >= 1, got {meta_batch_size}")
         self.learner = learner
+        self.meta_batch_size = int(meta_batch_size)
+        self.regression = learner.task.is_regression
+        self.metric = "mse" if self.regression else "accuracy"
         self.mean, self.std = (float(v) for v in normalization)
         self.base_learning_rate = float(learning_rate)
         self.decays_over_time = total_steps is None
@@ -96,21 +106,36 @@ class MetaTrainer:
     def build(self, episode: Episode) -> None:
         """Creates the learner's and optimiser's variables from one episode (eagerly)."""
         episode = self._normalize(episode)
-        num_classes = int(tf.reduce_max(episode.support_labels)) + 1
+        num_classes = self._num_classes(episode.support_labels)
         self.learner.meta_train_loss(episode)
         state = self.learner.adapt(episode.support_images, episode.support_labels, num_classes)
         self.learner.predict(state, episode.query_images)
         self.learner.embed(episode.query_images)
         self.optimizer.build(self.learner.trainable_variables)
 
-    def _train_step(self, episode: Episode):
-        episode = self._normalize(episode)
+    def _num_classes(self, support_labels) -> int:
+        if self.regression:
+            return 1
+        return int(tf.reduce_max(support_labels)) + 1
+
+    def _train_step(self, episodes: Episode | tuple[Episode, ...]):
+        """One optimiser step on an episode, or on the mean loss of a tuple of them."""
+        batch = (episodes,) if isinstance(episodes, Episode) else tuple(episodes)
         variables = self.learner.trainable_variables
         with tf.GradientTape() as tape:
-            loss, metrics = self.learner.meta_train_loss(episode)
+            losses, values = [], []
+            for episode in batch:
+                loss, metrics = self.learner.meta_train_loss(self._normalize(episode))
+                losses.append(loss)
+                values.append(metrics[self.metric])
+            loss = tf.add_n(losses) / len(batch)
         gradients = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
-        return loss, metrics
+        # Weights a loss cannot reach (e.g. first-order MAML's per-step batch
+        # norm of the support passes) get no update, without a warning per trace.
+        self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(gradients, variables) if g is not None]
+        )
+        return loss, {self.metric: tf.add_n(values) / len(batch)}
 
     def _adapt_step(self, support_images, support_labels, query_images, num_classes: int):
         support_images = normalize(support_images, self.mean, self.std)
@@ -119,9 +144,12 @@ class MetaTrainer:
         return self.learner.predict(state, query_images)
 
     def _eval_step(self, episode: Episode, num_classes: int):
+        """The task metric on one episode: query accuracy, or query MSE for regression."""
         logits = self._adapt_step(
             episode.support_images, episode.support_labels, episode.query_images, num_classes
         )
+        if self.regression:
+            return tf.reduce_mean(tf.square(logits - episode.query_labels))
         predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return tf.reduce_mean(tf.cast(tf.equal(predicted, episode.query_labels), tf.float32))
 
@@ -159,7 +187,7 @@ class MetaTrainer:
         if not self.decays_over_time:
             raise ValueError("train_for needs a MetaTrainer made with total_steps=None")
         iterator = iter(episodes)
-        log = _TrainingLog(on_progress, chunk)
+        log = _TrainingLog(on_progress, chunk, self.metric)
         floor = self.final_learning_rate_fraction
         while (elapsed := time.perf_counter() - log.start) < seconds:
             cosine = 0.5 * (1.0 + math.cos(math.pi * elapsed / seconds))
@@ -171,9 +199,12 @@ class MetaTrainer:
 
     def _run_steps(self, iterator: Iterator, steps: int, log: _TrainingLog) -> None:
         pending = []
-        for episode in itertools.islice(iterator, steps):
-            loss, metrics = self.train_step(episode)
-            pending.append((loss, metrics["accuracy"]))
+        for _ in range(steps):
+            batch = tuple(itertools.islice(iterator, self.meta_batch_size))
+            if len(batch) < self.meta_batch_size:
+                break
+            loss, metrics = self.train_step(batch[0] if len(batch) == 1 else batch)
+            pending.append((loss, metrics[self.metric]))
             # Reading values back forces a sync; batch it to keep steps flowing.
             if len(pending) == log.check_every:
                 log.record(pending)
@@ -182,17 +213,23 @@ class MetaTrainer:
             log.record(pending)
 
     def evaluate(self, episodes: tf.data.Dataset, num_classes: int) -> np.ndarray:
-        """Per-episode query accuracy over a finite episode stream."""
+        """Per-episode task metric (accuracy, or MSE) over a finite episode stream."""
         results = [self.eval_step(episode, num_classes) for episode in episodes]
         return np.array([float(r) for r in results], np.float64)
 
 
 class _TrainingLog:
-    """Losses and accuracies read back from training steps, checked for divergence."""
+    """Losses and task metrics read back from training steps, checked for divergence."""
 
-    def __init__(self, on_progress: Callable[[int, float, float], None] | None, check_every: int):
+    def __init__(
+        self,
+        on_progress: Callable[[int, float, float], None] | None,
+        check_every: int,
+        metric: str = "accuracy",
+    ):
         self.on_progress = on_progress
         self.check_every = check_every
+        self.metric = metric
         self.losses: list[float] = []
         self.accuracies: list[float] = []
         self.step = 0
@@ -213,11 +250,11 @@ class _TrainingLog:
             self.on_progress(self.step, self.losses[-1], float(np.mean(recent)))
 
     def summary(self) -> dict[str, float]:
-        """Mean loss and accuracy over the last tenth of training, and the seconds spent."""
+        """Mean loss and task metric over the last tenth of training, and the seconds spent."""
         tail = max(1, len(self.losses) // 10)
         return {
             "train_loss": float(np.mean(self.losses[-tail:])) if self.losses else float("nan"),
-            "train_accuracy": float(np.mean(self.accuracies[-tail:]))
+            f"train_{self.metric}": float(np.mean(self.accuracies[-tail:]))
             if self.accuracies
             else float("nan"),
             "train_seconds": time.perf_counter() - self.start,

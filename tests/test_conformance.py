@@ -7,6 +7,11 @@ import pytest
 from metasearch import conformance, registry
 
 PLUGINS = registry.names("plugin")
+REGRESSION_PLUGINS = [
+    name
+    for name in PLUGINS
+    if "regression" in getattr(registry.load("plugin", name), "TASK_KINDS", ())
+]
 SPACES = registry.names("search_space")
 BASE_SPACE = "conv_blocks"
 BASE_PLUGIN = "protonet"
@@ -24,7 +29,7 @@ def _pair(
 ):
     plugin = registry.load("plugin", plugin_name)
     task = conformance.tiny_task(image_size, channels)
-    small = {"depth": 3, "filters": 16, "growth": 1.0} if space_name == "conv_blocks" else None
+    small = {"depth": 2, "filters": 16, "growth": 1.0} if space_name == "conv_blocks" else None
     learner = conformance.build_learner(
         plugin, _space(space_name), task, plugin_config, space_config or small
     )
@@ -50,10 +55,27 @@ class TestPluginConformance:
         conformance.check_export_round_trip(learner, task, str(tmp_path))
 
 
+@pytest.mark.parametrize("plugin_name", REGRESSION_PLUGINS)
+def test_regression_plugin_trains_traces_compiles_exports(plugin_name, tmp_path):
+    plugin = registry.load("plugin", plugin_name)
+    task = conformance.tiny_task(kind="regression")
+    space = registry.load("search_space", "mlp")()
+    learner = conformance.build_learner(
+        plugin,
+        space,
+        task,
+        {**conformance.sample_configs(plugin, 1)[0], "inner_learning_rate": 0.01},
+    )
+    conformance.check_trains(learner, task)
+    conformance.check_traces_with_variable_batch(learner, task)
+    conformance.check_compiles_with_xla(learner, task)
+    conformance.check_export_round_trip(learner, task, str(tmp_path))
+
+
 @pytest.mark.parametrize("plugin_name", PLUGINS)
 def test_every_sampled_plugin_config_trains_and_compiles(plugin_name):
     plugin = registry.load("plugin", plugin_name)
-    for config in conformance.sample_configs(plugin, 4, seed=1):
+    for config in conformance.sample_configs(plugin, 3, seed=1):
         learner, task = _pair(plugin_name, BASE_SPACE, plugin_config=config)
         conformance.check_compiles_with_xla(learner, task)
 

@@ -1,0 +1,151 @@
+"""Inner loops over explicit parameter lists, written once for every gradient-based learner.
+
+A gradient-based meta-learner (MAML and its relatives) adapts a copy of some
+of its parameters to each task by a few steps of gradient descent on the
+support set. Here that copy is an explicit list of tensors ("fast
+weights"): Keras layers are run statelessly on them (`FunctionalNetwork`,
+over `keras.Layer.stateless_call`), so no layer attribute is ever
+overwritten and the same code runs
+
+* inside the core's meta-training step, where the outer `tf.GradientTape`
+  differentiates through the whole loop (second order) or through the last
+  fast weights only (first order);
+* inside the exported SavedModel, where `few_shot` runs the loop in-graph;
+* under XLA (`jit_compile=True`): the number of steps is a Python int, so the
+  loop unrolls into one static graph.
+
+The functions here are pure tensor code: the core's `tf.function`s
+(`metasearch.training.MetaTrainer`, `metasearch.export`) trace them.
+
+`InnerOptimizer` is the update rule: `SGD` (a scalar step size, MAML) and
+`PerParameterSGD` (a learned step size per coordinate, Meta-SGD). Another rule
+(e.g. a learned optimizer) implements the same two methods.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+Params = list[tf.Tensor]
+
+
+class InnerOptimizer(abc.ABC):
+    """An inner-loop update rule over a list of tensors.
+
+    `init(params)` returns the rule's state (any nest of tensors, possibly
+    empty); `update(params, grads, state, step)` returns `(new_params,
+    new_state)`. Both are pure tensor code; `step` is a Python int. The outer
+    gradient flows through `update`, so learned rules (step sizes, networks)
+    are meta-trained by the core's optimiser like any other weight.
+    """
+
+    def init(self, params: Params) -> Any:
+        """The state before the first step (default: none)."""
+        return ()
+
+    @abc.abstractmethod
+    def update(self, params: Params, grads: Params, state: Any, step: int) -> tuple[Params, Any]:
+        """One step: the new parameters and state."""
+
+
+class SGD(InnerOptimizer):
+    """Plain gradient descent with one step size (a float or a scalar tensor)."""
+
+    def __init__(self, learning_rate):
+        self.learning_rate = learning_rate
+
+    def update(self, params, grads, state, step):
+        return [p - self.learning_rate * g for p, g in zip(params, grads)], state
+
+
+class PerParameterSGD(InnerOptimizer):
+    """Gradient descent with a step size per coordinate (Meta-SGD's learned alpha).
+
+    `learning_rates` holds one tensor (or variable) shaped like each parameter.
+    """
+
+    def __init__(self, learning_rates: Sequence[Any]):
+        self.learning_rates = list(learning_rates)
+
+    def update(self, params, grads, state, step):
+        return [p - lr * g for p, g, lr in zip(params, grads, self.learning_rates)], state
+
+
+def gradient_descent(
+    loss_fn: Callable[[Params, int], tf.Tensor],
+    params: Sequence[tf.Tensor],
+    steps: int,
+    optimizer: InnerOptimizer,
+    first_order: bool = False,
+) -> Params:
+    """Runs `steps` inner steps from `params`; returns the adapted parameters.
+
+    `loss_fn(params, step)` is the support loss at the given fast weights
+    (step `0..steps-1`). With `first_order` the inner gradients are treated as
+    constants (FOMAML): the outer gradient reaches the initial parameters only
+    through the identity path, which saves the second-order terms' memory and
+    time. Parameters a loss does not depend on get zero gradients.
+    """
+    params = [tf.convert_to_tensor(p) for p in params]
+    state = optimizer.init(params)
+    for step in range(int(steps)):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(params)
+            loss = loss_fn(params, step)
+        grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        if first_order:
+            grads = [tf.stop_gradient(g) for g in grads]
+        params, state = optimizer.update(params, grads, state, step)
+    return params
+
+
+class FunctionalNetwork:
+    """Runs a built Keras layer on explicit weight values instead of its variables.
+
+    `trainable` and `non_trainable` list the layer's variables in the order
+    `keras.Layer.stateless_call` expects. `values()` reads them as tensors (the
+    starting fast weights, connected to the variables so that an outer tape
+    on the variables sees them); `__call__(trainable_values, inputs, training,
+    non_trainable_values)` returns `(outputs, new_non_trainable_values)`.
+    """
+
+    def __init__(self, layer: keras.layers.Layer):
+        if not layer.built:
+            raise ValueError(f"{layer.name}: build the layer before running it functionally")
+        self.layer = layer
+        self.trainable = list(layer.trainable_variables)
+        self.non_trainable = list(layer.non_trainable_variables)
+
+    def values(self) -> Params:
+        return [tf.convert_to_tensor(v) for v in self.trainable]
+
+    def non_trainable_values(self) -> Params:
+        return [tf.convert_to_tensor(v) for v in self.non_trainable]
+
+    def index_of(self, variables: Sequence[Any]) -> list[int]:
+        """Positions of `variables` (same objects) among the trainable ones."""
+        positions = {id(v): i for i, v in enumerate(self.trainable)}
+        return [positions[id(v)] for v in variables]
+
+    def __call__(self, trainable_values, inputs, training=False, non_trainable_values=None):
+        if non_trainable_values is None:
+            non_trainable_values = self.non_trainable_values()
+        return self.layer.stateless_call(
+            list(trainable_values), list(non_trainable_values), inputs, training=training
+        )
+
+
+def batch_norm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:
+    """Every `BatchNormalization` inside `layer`, in a fixed order."""
+    found = []
+    seen = set()
+    for sub in layer._flatten_layers(include_self=True, recursive=True):
+        if isinstance(sub, keras.layers.BatchNormalization) and id(sub) not in seen:
+            seen.add(id(sub))
+            found.append(sub)
+    return found

@@ -1,0 +1,385 @@
+"""The MAML family: `maml`, `fomaml`, `metasgd` and `anil`.
+
+* `maml`: Model-Agnostic Meta-Learning (Finn, Abbeel and Levine, ICML 2017).
+  The learner's weights are an initialisation; each task adapts a copy of
+  them with a few gradient steps on the support set, and meta-training
+  differentiates the query loss through those steps (second order; the
+  searchable `maml/first_order` drops the second-order terms).
+* `fomaml`: first-order MAML (same paper, section 5.2), always first order.
+* `metasgd`: Meta-SGD (Li, Zhou, Chen and Li, 2017): a learned step size per
+  coordinate, meta-trained with the initialisation.
+* `anil`: Almost No Inner Loop (Raghu, Raghu, Bengio and Vinyals, ICLR 2020):
+  only the head adapts; the backbone's features are shared by all steps.
+
+Every one works on any search space's backbone: the inner loop runs the
+backbone statelessly on explicit fast weights (`metasearch.inner_loop`), so
+no layer is ever rewritten, the same code runs in meta-training, evaluation,
+XLA and the exported SavedModel (whose `few_shot` adapts in-graph).
+
+The head is a linear layer on the backbone's features, made of explicit
+tensors so that a task may have any number of classes. `head_init` chooses
+how each task's head starts:
+* `learned`: MAML's meta-learned `[d, N]` head (a task may use up to the
+  N classes it was meta-trained with; the first C columns serve C classes);
+* `zero`: zeros for every task, any number of classes (the "zeroing trick");
+* `proto`: Proto-MAML's prototype head (Triantafillou et al., ICLR 2020):
+  row k is 2 p_k and the bias -|p_k|^2 for class mean features p_k, so the
+  adaptation starts from a Prototypical Network. Regression treats `proto`
+  as `zero`.
+
+Batch normalisation inside the inner loop is a searchable choice,
+`batch_norm`:
+* `transductive` (the MAML paper's): batch statistics everywhere, in
+  meta-training and when adapting to a new task, so support and query sets
+  are each normalised with their own statistics; running averages are never
+  used.
+* `per_step` (MAML++, Antoniou, Edwards and Storkey, ICLR 2019): each inner
+  step s (and the final query pass) has its own batch-norm scale and bias,
+  meta-learned and not adapted, and its own running statistics, used when
+  adapting to a new task. ANIL's backbone is not in the inner loop, so for it
+  `per_step` is ordinary batch norm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import keras_tuner
+import tensorflow as tf
+
+from metasearch import inner_loop
+from metasearch.api import CLASSIFICATION, REGRESSION, Config, MetaLearner, TaskSpec, task_loss
+
+BATCH_NORM_MODES = ("transductive", "per_step")
+HEAD_INITS = ("learned", "zero", "proto")
+INNER_STEPS = (1, 3, 5)
+EVAL_INNER_STEPS = (1, 5, 10)
+INNER_LEARNING_RATES = (0.01, 0.03, 0.1, 0.4)
+
+
+class GradientMetaLearner(MetaLearner):
+    """The shared MAML-family learner; subclasses set the class attributes below.
+
+    `NAME` prefixes the hyperparameters. `FIRST_ORDER` is True or False to fix
+    the order, None to search it. `LEARNED_STEP_SIZES` learns a step size per
+    coordinate (Meta-SGD). `HEAD_ONLY` adapts the head alone (ANIL).
+    """
+
+    NAME = "maml"
+    FIRST_ORDER: bool | None = None
+    LEARNED_STEP_SIZES = False
+    HEAD_ONLY = False
+    TASK_KINDS = (CLASSIFICATION, REGRESSION)
+
+    @classmethod
+    def sample_config(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
+        name = cls.NAME
+        config = {
+            "inner_steps": hp.Choice(f"{name}/inner_steps", list(INNER_STEPS), default=5),
+            "eval_inner_steps": hp.Choice(
+                f"{name}/eval_inner_steps", list(EVAL_INNER_STEPS), default=10
+            ),
+            "inner_learning_rate": hp.Choice(
+                f"{name}/inner_learning_rate", list(INNER_LEARNING_RATES), default=0.01
+            ),
+            "batch_norm": hp.Choice(
+                f"{name}/batch_norm", list(BATCH_NORM_MODES), default="transductive"
+            ),
+            "head_init": hp.Choice(f"{name}/head_init", list(HEAD_INITS), default="learned"),
+        }
+        if cls.FIRST_ORDER is None:
+            config["first_order"] = hp.Boolean(f"{name}/first_order", default=False)
+        return config
+
+    def __init__(self, backbone: keras.layers.Layer, config: Config, task: TaskSpec, **kwargs):
+        super().__init__(backbone, config, task, **kwargs)
+        self.inner_steps = int(config.get("inner_steps", 5))
+        self.eval_inner_steps = int(config.get("eval_inner_steps", 10))
+        self.inner_learning_rate = float(config.get("inner_learning_rate", 0.01))
+        self.batch_norm = config.get("batch_norm", "transductive")
+        self.head_init = config.get("head_init", "learned")
+        if self.FIRST_ORDER is None:
+            self.first_order = bool(config.get("first_order", False))
+        else:
+            self.first_order = self.FIRST_ORDER
+        for key, value, known in (
+            ("batch_norm", self.batch_norm, BATCH_NORM_MODES),
+            ("head_init", self.head_init, HEAD_INITS),
+        ):
+            if value not in known:
+                raise ValueError(f"{self.NAME}: unknown {key} {value!r}; known: {known}")
+        if self.inner_steps < 1 or self.eval_inner_steps < 0:
+            raise ValueError(f"{self.NAME}: inner steps must be >= 1 (evaluation: >= 0)")
+        if task.is_regression and self.head_init == "proto":
+            self.head_init = "zero"
+        self.outputs = task.target_dim if task.is_regression else task.n_way
+        self.feature_dim = _feature_dim(backbone, task)
+
+        self.network = inner_loop.FunctionalNetwork(backbone)
+        self.per_step_bn = self.batch_norm == "per_step" and not self.HEAD_ONLY
+        self._setup_batch_norm()
+        # Backbone weights the inner loop adapts (none for ANIL).
+        if self.HEAD_ONLY:
+            self.adapted_positions: list[int] = []
+        else:
+            frozen = set(self.bn_param_positions) if self.per_step_bn else set()
+            self.adapted_positions = [
+                i for i in range(len(self.network.trainable)) if i not in frozen
+            ]
+        if self.head_init == "learned":
+            self.head_kernel = self.add_weight(
+                name="head_kernel",
+                shape=(self.feature_dim, self.outputs),
+                initializer="glorot_uniform",
+            )
+            self.head_bias = self.add_weight(
+                name="head_bias", shape=(self.outputs,), initializer="zeros"
+            )
+        if self.LEARNED_STEP_SIZES:
+            self._setup_step_sizes()
+
+    # --- construction -----------------------------------------------------
+
+    def _setup_batch_norm(self) -> None:
+        """Per-step batch-norm scales, biases and statistics (MAML++), when chosen.
+
+        Pass 0 (the first support step) uses the backbone's own batch-norm
+        weights; passes 1..inner_steps-1 and the query pass (`inner_steps`)
+        use copies created here.
+        """
+        self.bn_param_positions: list[int] = []
+        self.bn_stat_positions: list[int] = []
+        self.step_bn_params: list[list[Any]] = []
+        self.step_bn_stats: list[list[Any]] = []
+        if not self.per_step_bn:
+            return
+        trainable = {id(v): i for i, v in enumerate(self.network.trainable)}
+        non_trainable = {id(v): i for i, v in enumerate(self.network.non_trainable)}
+        params, stats = [], []
+        for layer in inner_loop.batch_norm_layers(self.backbone):
+            for variable, init in ((layer.gamma, "ones"), (layer.beta, "zeros")):
+                if variable is not None and id(variable) in trainable:
+                    params.append((trainable[id(variable)], init))
+            for variable, init in ((layer.moving_mean, "zeros"), (layer.moving_variance, "ones")):
+                if id(variable) in non_trainable:
+                    stats.append((non_trainable[id(variable)], init))
+        self.bn_param_positions = [p for p, _ in params]
+        self.bn_stat_positions = [p for p, _ in stats]
+        for index in range(1, self.inner_steps + 1):
+            self.step_bn_params.append(
+                [
+                    self.add_weight(
+                        name=f"bn_step{index}_param{j}",
+                        shape=self.network.trainable[p].shape,
+                        initializer=init,
+                    )
+                    for j, (p, init) in enumerate(params)
+                ]
+            )
+            self.step_bn_stats.append(
+                [
+                    self.add_weight(
+                        name=f"bn_step{index}_stat{j}",
+                        shape=self.network.non_trainable[p].shape,
+                        initializer=init,
+                        trainable=False,
+                    )
+                    for j, (p, init) in enumerate(stats)
+                ]
+            )
+
+    def _setup_step_sizes(self) -> None:
+        """Meta-SGD's step sizes: one per coordinate of every adapted weight.
+
+        A per-task head (`zero`, `proto`) has no fixed width, so its step sizes
+        are per feature row `[d, 1]` and one for the bias, broadcast over classes.
+        """
+        value = keras.initializers.Constant(self.inner_learning_rate)
+        self.backbone_step_sizes = [
+            self.add_weight(
+                name=f"step_size{i}", shape=self.network.trainable[i].shape, initializer=value
+            )
+            for i in self.adapted_positions
+        ]
+        columns = self.outputs if self.head_init == "learned" else 1
+        self.head_step_sizes = [
+            self.add_weight(
+                name="head_kernel_step_size", shape=(self.feature_dim, columns), initializer=value
+            ),
+            self.add_weight(name="head_bias_step_size", shape=(columns,), initializer=value),
+        ]
+
+    # --- the functional network ---------------------------------------------
+
+    def _bn_training(self, training: bool) -> bool:
+        # Transductive batch norm normalises with batch statistics everywhere.
+        return True if self.batch_norm == "transductive" else bool(training)
+
+    def _features(self, backbone_fast, images, pass_index: int, training: bool, new_stats):
+        """Backbone features at fast weights, with pass `pass_index`'s batch norm."""
+        values = self.network.values()
+        for position, value in zip(self.adapted_positions, backbone_fast):
+            values[position] = value
+        non_trainable = self.network.non_trainable_values()
+        if self.per_step_bn and pass_index > 0:
+            copy = min(pass_index, self.inner_steps) - 1
+            for position, variable in zip(self.bn_param_positions, self.step_bn_params[copy]):
+                values[position] = tf.convert_to_tensor(variable)
+            for position, variable in zip(self.bn_stat_positions, self.step_bn_stats[copy]):
+                non_trainable[position] = tf.convert_to_tensor(variable)
+        features, updated = self.network(
+            values, images, training=self._bn_training(training), non_trainable_values=non_trainable
+        )
+        if self.per_step_bn and training:
+            new_stats[min(pass_index, self.inner_steps)] = [
+                updated[p] for p in self.bn_stat_positions
+            ]
+        return features
+
+    def _assign_stats(self, new_stats: dict[int, list[tf.Tensor]]) -> None:
+        """Stores the running statistics the training passes computed (per-step mode)."""
+        for pass_index, values in new_stats.items():
+            if pass_index == 0:
+                targets = [self.network.non_trainable[p] for p in self.bn_stat_positions]
+            else:
+                targets = self.step_bn_stats[pass_index - 1]
+            for variable, value in zip(targets, values):
+                variable.assign(value)
+
+    @staticmethod
+    def _linear(features, head):
+        kernel, bias = head
+        return tf.matmul(features, kernel) + bias
+
+    def _initial_head(self, support_features, support_labels, num_classes):
+        if self.head_init == "learned":
+            if self.task.is_regression:
+                return [
+                    tf.convert_to_tensor(self.head_kernel),
+                    tf.convert_to_tensor(self.head_bias),
+                ]
+            if isinstance(num_classes, tf.Tensor):
+                tf.debugging.assert_less_equal(
+                    num_classes,
+                    self.outputs,
+                    message=f"{self.NAME} with a learned head serves at most {self.outputs} classes",
+                )
+            return [self.head_kernel[:, :num_classes], self.head_bias[:num_classes]]
+        columns = self.outputs if self.task.is_regression else num_classes
+        if self.head_init == "zero":
+            return [tf.zeros([self.feature_dim, columns]), tf.zeros([columns])]
+        one_hot = tf.one_hot(support_labels, num_classes, dtype=support_features.dtype)
+        counts = tf.maximum(tf.reduce_sum(one_hot, axis=0), 1.0)
+        prototypes = tf.matmul(one_hot, support_features, transpose_a=True) / counts[:, None]
+        return [2.0 * tf.transpose(prototypes), -tf.reduce_sum(tf.square(prototypes), axis=1)]
+
+    def _optimizer(self, num_classes) -> inner_loop.InnerOptimizer:
+        if not self.LEARNED_STEP_SIZES:
+            return inner_loop.SGD(self.inner_learning_rate)
+        head = list(self.head_step_sizes)
+        if self.head_init == "learned" and not self.task.is_regression:
+            head = [head[0][:, :num_classes], head[1][:num_classes]]
+        backbone = [] if self.HEAD_ONLY else list(self.backbone_step_sizes)
+        return inner_loop.PerParameterSGD(backbone + head)
+
+    # --- the MetaLearner contract --------------------------------------------
+
+    def embed(self, images, training=False):
+        return self.backbone(images, training=self._bn_training(training))
+
+    def adapt(self, support_images, support_labels, num_classes, training=False):
+        steps = self.inner_steps if training else self.eval_inner_steps
+        new_stats: dict[int, list[tf.Tensor]] = {}
+        if self.task.is_regression:
+            num_classes = self.outputs
+        if self.HEAD_ONLY:
+            features = self.embed(support_images, training=training)
+            head = self._initial_head(features, support_labels, num_classes)
+
+            def support_loss(params, step):
+                return task_loss(self.task, self._linear(features, params), support_labels)[0]
+
+            fast = inner_loop.gradient_descent(
+                support_loss, head, steps, self._optimizer(num_classes), self.first_order
+            )
+            return {"backbone": [], "head": fast}
+
+        backbone_fast = [self.network.values()[p] for p in self.adapted_positions]
+        head = self._initial_head(
+            self._features(backbone_fast, support_images, 0, training, {})
+            if self.head_init == "proto"
+            else None,
+            support_labels,
+            num_classes,
+        )
+        count = len(backbone_fast)
+
+        def support_loss(params, step):
+            # Extra evaluation steps reuse the last support step's batch norm.
+            pass_index = min(step, self.inner_steps - 1)
+            features = self._features(
+                params[:count], support_images, pass_index, training, new_stats
+            )
+            return task_loss(self.task, self._linear(features, params[count:]), support_labels)[0]
+
+        fast = inner_loop.gradient_descent(
+            support_loss,
+            backbone_fast + head,
+            steps,
+            self._optimizer(num_classes),
+            self.first_order,
+        )
+        if new_stats:
+            self._assign_stats(new_stats)
+        return {"backbone": fast[:count], "head": fast[count:]}
+
+    def predict(self, task_state, query_images, training=False):
+        if self.HEAD_ONLY:
+            features = self.embed(query_images, training=training)
+        else:
+            new_stats: dict[int, list[tf.Tensor]] = {}
+            features = self._features(
+                task_state["backbone"], query_images, self.inner_steps, training, new_stats
+            )
+            if new_stats:
+                self._assign_stats(new_stats)
+        return self._linear(features, task_state["head"])
+
+
+def _feature_dim(backbone: keras.layers.Layer, task: TaskSpec) -> int:
+    """Width of the backbone's features on the task's inputs."""
+    try:
+        dim = backbone.compute_output_shape((None, *task.image_shape))[-1]
+        if dim is not None:
+            return int(dim)
+    except Exception:  # noqa: BLE001 - fall back to running it once
+        pass
+    return int(backbone(tf.zeros([1, *task.image_shape]), training=False).shape[-1])
+
+
+class MAML(GradientMetaLearner):
+    """MAML: a meta-learned initialisation adapted by gradient descent (second order by default)."""
+
+    NAME = "maml"
+
+
+class FOMAML(GradientMetaLearner):
+    """First-order MAML: inner gradients treated as constants."""
+
+    NAME = "fomaml"
+    FIRST_ORDER = True
+
+
+class MetaSGD(GradientMetaLearner):
+    """Meta-SGD: MAML with a meta-learned step size per coordinate."""
+
+    NAME = "metasgd"
+    LEARNED_STEP_SIZES = True
+
+
+class ANIL(GradientMetaLearner):
+    """ANIL: MAML whose inner loop adapts only the linear head."""
+
+    NAME = "anil"
+    HEAD_ONLY = True
