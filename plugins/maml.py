@@ -54,7 +54,7 @@ from metasearch.api import CLASSIFICATION, REGRESSION, Config, MetaLearner, Task
 BATCH_NORM_MODES = ("transductive", "per_step")
 HEAD_INITS = ("learned", "zero", "proto")
 INNER_STEPS = (1, 3, 5)
-EVAL_INNER_STEPS = (1, 5, 10)
+EVAL_INNER_STEPS = (1, 3, 5, 10)
 INNER_LEARNING_RATES = (0.01, 0.03, 0.1, 0.4)
 
 
@@ -76,9 +76,11 @@ class GradientMetaLearner(MetaLearner):
     def sample_config(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
         name = cls.NAME
         config = {
-            "inner_steps": hp.Choice(f"{name}/inner_steps", list(INNER_STEPS), default=5),
+            # Defaults follow Finn et al.'s Omniglot and sinusoid setups: one
+            # step in meta-training, a few more when adapting to a new task.
+            "inner_steps": hp.Choice(f"{name}/inner_steps", list(INNER_STEPS), default=1),
             "eval_inner_steps": hp.Choice(
-                f"{name}/eval_inner_steps", list(EVAL_INNER_STEPS), default=10
+                f"{name}/eval_inner_steps", list(EVAL_INNER_STEPS), default=3
             ),
             "inner_learning_rate": hp.Choice(
                 f"{name}/inner_learning_rate", list(INNER_LEARNING_RATES), default=0.01
@@ -94,8 +96,8 @@ class GradientMetaLearner(MetaLearner):
 
     def __init__(self, backbone: keras.layers.Layer, config: Config, task: TaskSpec, **kwargs):
         super().__init__(backbone, config, task, **kwargs)
-        self.inner_steps = int(config.get("inner_steps", 5))
-        self.eval_inner_steps = int(config.get("eval_inner_steps", 10))
+        self.inner_steps = int(config.get("inner_steps", 1))
+        self.eval_inner_steps = int(config.get("eval_inner_steps", 3))
         self.inner_learning_rate = float(config.get("inner_learning_rate", 0.01))
         self.batch_norm = config.get("batch_norm", "transductive")
         self.head_init = config.get("head_init", "learned")

@@ -75,7 +75,8 @@ def test_regression_plugin_trains_traces_compiles_exports(plugin_name, tmp_path)
 @pytest.mark.parametrize("plugin_name", PLUGINS)
 def test_every_sampled_plugin_config_trains_and_compiles(plugin_name):
     plugin = registry.load("plugin", plugin_name)
-    for config in conformance.sample_configs(plugin, 3, seed=1):
+    # Index 0 holds the defaults, which TestPluginConformance covers.
+    for config in conformance.sample_configs(plugin, 2, seed=1)[1:]:
         learner, task = _pair(plugin_name, BASE_SPACE, plugin_config=config)
         conformance.check_compiles_with_xla(learner, task)
 

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from metasearch import conformance
+from metasearch.export import export_learner
 from metasearch.plugins.maml import ANIL, FOMAML, MAML, MetaSGD
 from metasearch.search_spaces.conv_blocks import ConvBlocks
 from metasearch.search_spaces.mlp import MLP
@@ -177,3 +178,39 @@ def test_regression_learners_fit_a_sine_after_adaptation():
         assert predictions.shape == (task.k_shot, 1)
         mse.append(float(tf.reduce_mean((predictions - episode.support_labels) ** 2)))
     assert mse[1] < mse[0]
+
+
+def test_the_exported_learner_adapts_inside_the_saved_model_in_a_tensorflow_only_process(
+    tmp_path,
+):
+    task = conformance.tiny_task()
+    learner = _classifier(MAML, inner_learning_rate=0.03, eval_inner_steps=3)
+    episode = conformance.tiny_episode(task, seed=4)
+    trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 2, jit_compile=False)
+    trainer.build(episode)
+    trainer.train_step(episode)
+    adapted = trainer.adapt_step(
+        episode.support_images, episode.support_labels, episode.query_images, task.n_way
+    ).numpy()
+    learner.eval_inner_steps = 0
+    unadapted = MetaTrainer(learner, (0.5, 0.3), 1e-3, 2, jit_compile=False).adapt_step(
+        episode.support_images, episode.support_labels, episode.query_images, task.n_way
+    )
+    learner.eval_inner_steps = 3
+    # The inner loop matters here, so matching logits mean the SavedModel ran it.
+    assert np.max(np.abs(adapted - unadapted.numpy())) > 1e-2
+    path = export_learner(
+        learner, str(tmp_path / "maml"), 28, 1, (0.5, 0.3), metadata={"test": True}
+    )
+    logits, _ = conformance.run_in_fresh_process(
+        path,
+        "few_shot",
+        "logits",
+        {
+            "support_images": episode.support_images.numpy(),
+            "support_labels": episode.support_labels.numpy(),
+            "query_images": episode.query_images.numpy(),
+        },
+        str(tmp_path),
+    )
+    np.testing.assert_allclose(logits, adapted, atol=1e-4)
