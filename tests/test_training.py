@@ -78,3 +78,28 @@ def test_train_reads_an_iterator_on_from_where_it_is():
     trainer.train(iterator, 3)
     trainer.train(iterator, 3)  # only two episodes left
     assert next(iterator, None) is None
+
+
+def test_a_meta_batch_step_averages_the_loss_over_its_episodes_and_consumes_them():
+    task = conformance.tiny_task()
+    learner = conformance.build_learner(
+        PrototypicalNetworks,
+        ConvBlocks,
+        task,
+        space_config={"depth": 2, "filters": 8, "growth": 1.0},
+    )
+    episodes = [conformance.tiny_episode(task, seed=s) for s in range(4)]
+    single = MetaTrainer(learner, (0.5, 0.3), 0.0, 4, jit_compile=False)
+    single.build(episodes[0])
+    losses = [float(single.train_step(e)[0]) for e in episodes[:2]]
+    batched = MetaTrainer(learner, (0.5, 0.3), 0.0, 4, jit_compile=False, meta_batch_size=2)
+    batched.build(episodes[0])
+    loss, metrics = batched.train_step(tuple(episodes[:2]))
+    # Learning rate 0: the weights stay put, so the losses are comparable.
+    np.testing.assert_allclose(float(loss), np.mean(losses), rtol=1e-5)
+    assert set(metrics) == {"accuracy"}
+    iterator = iter(episodes)
+    summary = batched.train(iterator, steps=2)
+    assert next(iterator, None) is None and np.isfinite(summary["train_loss"])
+    with pytest.raises(ValueError, match="meta_batch_size"):
+        MetaTrainer(learner, (0.5, 0.3), 1e-3, 1, jit_compile=False, meta_batch_size=0)
