@@ -163,12 +163,15 @@ class MetaTrainer:
         """Runs `steps` meta-training steps; raises `DivergedError` on a non-finite loss.
 
         `episodes` is a dataset (read from its start) or an iterator (read on
-        from where it is). `on_progress(step, loss, accuracy)` is called every
-        `check_every` steps. Returns the mean loss and accuracy over the last
-        tenth of training and the seconds spent.
+        from where it is); each step reads `meta_batch_size` episodes.
+        `on_progress(step, loss, metric)` is called every `check_every` steps.
+        Returns the mean loss and task metric over the last tenth of training
+        and the seconds spent.
         """
-        iterator = iter(episodes.take(steps)) if isinstance(episodes, tf.data.Dataset) else episodes
-        log = _TrainingLog(on_progress, check_every)
+        if isinstance(episodes, tf.data.Dataset):
+            episodes = episodes.take(steps * self.meta_batch_size)
+        iterator = iter(episodes)
+        log = _TrainingLog(on_progress, check_every, self.metric)
         self._run_steps(iterator, steps, log)
         return log.summary()
 

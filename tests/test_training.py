@@ -101,5 +101,14 @@ def test_a_meta_batch_step_averages_the_loss_over_its_episodes_and_consumes_them
     iterator = iter(episodes)
     summary = batched.train(iterator, steps=2)
     assert next(iterator, None) is None and np.isfinite(summary["train_loss"])
+    # A dataset is read for steps x meta_batch_size episodes too.
+    before = int(batched.optimizer.iterations)
+    batched.train(tf.data.Dataset.from_tensor_slices(episodes_tensors(episodes)), steps=2)
+    assert int(batched.optimizer.iterations) == before + 2
     with pytest.raises(ValueError, match="meta_batch_size"):
         MetaTrainer(learner, (0.5, 0.3), 1e-3, 1, jit_compile=False, meta_batch_size=0)
+
+
+def episodes_tensors(episodes):
+    """A list of same-shaped episodes as one nest of stacked tensors."""
+    return tf.nest.map_structure(lambda *parts: tf.stack(parts), *episodes)
