@@ -25,6 +25,7 @@ The functions here are pure tensor code: the core's `tf.function`s
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -149,3 +150,26 @@ def batch_norm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNorma
             seen.add(id(sub))
             found.append(sub)
     return found
+
+
+def exact_moments(layer: keras.layers.BatchNormalization, inputs, mask=None):
+    """Batch mean and variance whose second derivatives are exact.
+
+    `tf.nn.moments` (what Keras uses) centres the variance on
+    `stop_gradient(mean)`: first derivatives stay exact, but second
+    derivatives lose a term, so second-order MAML's meta-gradient through
+    batch norm was off (by 27% in norm for conv4 at initialisation). This
+    computes the same values without the `stop_gradient`.
+    """
+    if mask is not None:
+        return type(layer)._moments(layer, inputs, mask)
+    axes = list(layer._reduction_axes)
+    mean = tf.reduce_mean(inputs, axis=axes, keepdims=True)
+    variance = tf.reduce_mean(tf.square(inputs - mean), axis=axes)
+    return tf.squeeze(mean, axis=axes), variance
+
+
+def use_exact_moments(layer: keras.layers.Layer) -> None:
+    """Makes every batch norm inside `layer` compute `exact_moments` (for second-order loops)."""
+    for batch_norm in batch_norm_layers(layer):
+        batch_norm._moments = functools.partial(exact_moments, batch_norm)

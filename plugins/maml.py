@@ -118,6 +118,8 @@ class GradientMetaLearner(MetaLearner):
         self.outputs = task.target_dim if task.is_regression else task.n_way
         self.feature_dim = _feature_dim(backbone, task)
 
+        # Second-order meta-gradients through batch norm need exact moments.
+        inner_loop.use_exact_moments(backbone)
         self.network = inner_loop.FunctionalNetwork(backbone)
         self.per_step_bn = self.batch_norm == "per_step" and not self.HEAD_ONLY
         self._setup_batch_norm()

@@ -120,3 +120,42 @@ def test_second_order_inner_loop_compiles_with_xla_and_matches_graph_mode():
     for a, b in zip(xla_grads, graph_grads):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-5)
     assert all(np.any(g.numpy() != 0) for g in graph_grads)
+
+
+def test_second_order_gradients_through_batch_norm_match_finite_differences():
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential(
+        [
+            keras.Input((4, 4, 1)),
+            keras.layers.Conv2D(2, 3, padding="same", dtype="float64"),
+            keras.layers.BatchNormalization(dtype="float64"),
+            keras.layers.Flatten(dtype="float64"),
+            keras.layers.Dense(1, dtype="float64"),
+        ]
+    )
+    inner_loop.use_exact_moments(model)
+    network = inner_loop.FunctionalNetwork(model)
+    x = tf.random.stateless_normal([5, 4, 4, 1], [5, 6], dtype=tf.float64)
+    y = tf.random.stateless_normal([5, 1], [7, 8], dtype=tf.float64)
+
+    def outer_loss(params):
+        def loss(p, step):
+            return tf.reduce_mean((network(p, x, training=True)[0] - y) ** 2)
+
+        fast = inner_loop.gradient_descent(loss, params, 1, inner_loop.SGD(0.3))
+        return loss(fast, 0)
+
+    params = network.values()
+    direction = [
+        tf.random.stateless_normal(p.shape, [9, i], dtype=tf.float64) for i, p in enumerate(params)
+    ]
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        loss = outer_loss(params)
+    grads = tape.gradient(loss, params)
+    analytic = sum(float(tf.reduce_sum(g * d)) for g, d in zip(grads, direction))
+    h = 1e-6
+    plus = outer_loss([p + h * d for p, d in zip(params, direction)])
+    minus = outer_loss([p - h * d for p, d in zip(params, direction)])
+    numeric = float(plus - minus) / (2 * h)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
