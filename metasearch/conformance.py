@@ -38,6 +38,11 @@ from metasearch.training import MetaTrainer
 TOLERANCE = 1e-4
 
 
+def _normalization(task: TaskSpec) -> tuple[float, float]:
+    # What the core uses: image statistics for images, none for regression inputs.
+    return (0.0, 1.0) if task.is_regression else (0.5, 0.3)
+
+
 def tiny_task(image_size: int = 28, channels: int = 1, kind: str = "classification") -> TaskSpec:
     """3-way 1-shot 2-query images, or (regression) a 5-shot 5-query task on 1-d inputs."""
     if kind == REGRESSION:
@@ -106,7 +111,7 @@ def build_learner(
 
 def check_trains(learner: MetaLearner, task: TaskSpec, steps: int = 12) -> tuple[float, float]:
     episode = tiny_episode(task)
-    trainer = MetaTrainer(learner, (0.5, 0.3), 3e-3, steps, jit_compile=False)
+    trainer = MetaTrainer(learner, _normalization(task), 3e-3, steps, jit_compile=False)
     trainer.build(episode)
     first, _ = trainer.train_step(episode)
     for _ in range(steps - 1):
@@ -134,7 +139,7 @@ def check_traces_with_variable_batch(learner: MetaLearner, task: TaskSpec) -> No
 
 def check_compiles_with_xla(learner: MetaLearner, task: TaskSpec) -> None:
     episode = tiny_episode(task)
-    trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 4, jit_compile=True)
+    trainer = MetaTrainer(learner, _normalization(task), 1e-3, 4, jit_compile=True)
     trainer.build(episode)
     loss, _ = trainer.train_step(episode)
     assert np.isfinite(float(loss))
@@ -147,7 +152,7 @@ def check_compiles_with_xla(learner: MetaLearner, task: TaskSpec) -> None:
     else:
         assert logits.shape == (task.n_way * task.n_query, task.n_way)
     # Graph-mode and XLA adaptation agree.
-    graph = MetaTrainer(learner, (0.5, 0.3), 1e-3, 4, jit_compile=False).adapt_step(
+    graph = MetaTrainer(learner, _normalization(task), 1e-3, 4, jit_compile=False).adapt_step(
         episode.support_images, episode.support_labels, episode.query_images, task.n_way
     )
     np.testing.assert_allclose(logits.numpy(), graph.numpy(), atol=1e-3, rtol=1e-3)
@@ -163,7 +168,7 @@ def check_export_round_trip(
     got imported), as a user without metasearch would.
     """
     episode = tiny_episode(task, seed=1)
-    normalization = (0.0, 1.0) if task.is_regression else (0.5, 0.3)
+    normalization = _normalization(task)
     trainer = MetaTrainer(learner, normalization, 1e-3, 2, jit_compile=False)
     trainer.build(episode)
     trainer.train_step(episode)

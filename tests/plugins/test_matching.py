@@ -139,4 +139,5 @@ def test_fce_serves_unknown_sizes_with_a_tensor_class_count_and_compiles_with_xl
 def test_fce_learner_trains_and_exports(tmp_path):
     learner, task = _learner(fce=True, fce_steps=1, embedding_dim=64)
     conformance.check_trains(learner, task, steps=6)
-    conformance.check_export_round_trip(learner, task, str(tmp_path))
+    # The shared conformance suite already reloads matching in a fresh process.
+    conformance.check_export_round_trip(learner, task, str(tmp_path), fresh_process=False)
