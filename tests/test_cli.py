@@ -19,6 +19,10 @@ def _assert_usage_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+# One worker runs the module, so the finished-run fixture is computed once, not once per worker.
+pytestmark = pytest.mark.xdist_group("cli")
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"

@@ -9,7 +9,8 @@ import pytest
 
 from cli_support import FIXTURES, TINY, read_json, run_cli
 
-pytestmark = pytest.mark.slow
+# One worker runs the module, so the pip install fixture runs once, not once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("third_party_plugin")]
 
 
 @pytest.fixture(scope="module")
