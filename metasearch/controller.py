@@ -707,6 +707,11 @@ def trial_score(record: dict[str, Any]) -> float | None:
     return None
 
 
+def scored_by_mse(results: list[dict[str, Any]]) -> bool:
+    """Whether the run's trials are regression trials, scored by validation MSE."""
+    return any(REGRESSION_OBJECTIVE in r for r in results)
+
+
 def best_trial(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     completed = [r for r in results if r["status"] == "COMPLETED" and trial_score(r) is not None]
     if not completed:
@@ -721,7 +726,7 @@ def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
             f"Leaderboard: {config['search_space']} scored from {config['table']} "
             f"(column {config['table_column']})"
         )
-    elif any(REGRESSION_OBJECTIVE in r for r in results):
+    elif scored_by_mse(results):
         title = (
             f"Leaderboard: {config['plugin']} on {config['dataset']}, {config['k_shot']}-shot "
             "meta-validation mean squared error (mean ± 95% CI, lower is better)"
@@ -739,7 +744,7 @@ def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
             r["trial_id"],
         ),
     )
-    column = "val MSE" if any(REGRESSION_OBJECTIVE in r for r in results) else "val accuracy"
+    column = "val MSE" if scored_by_mse(results) else "val accuracy"
     header = f"{'rank':>4}  {'trial':>5}  {'status':<9}  {column:>16}  {'params':>9}  {'FLOPs':>7}  {'time':>7}  architecture / learner"
     lines = [title, header, "-" * len(header)]
     for rank, r in enumerate(ordered, start=1):
@@ -771,9 +776,7 @@ def write_results(job_dir: str, config: dict[str, Any]) -> tuple[list[dict[str, 
     write_json_atomic(
         os.path.join(job_dir, "results.json"),
         {
-            "objective": REGRESSION_OBJECTIVE
-            if any(REGRESSION_OBJECTIVE in r for r in results)
-            else OBJECTIVE,
+            "objective": REGRESSION_OBJECTIVE if scored_by_mse(results) else OBJECTIVE,
             "best_trial": best["trial_id"] if best else None,
             "trials": results,
         },

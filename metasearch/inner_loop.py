@@ -128,11 +128,6 @@ class FunctionalNetwork:
     def non_trainable_values(self) -> Params:
         return [tf.convert_to_tensor(v) for v in self.non_trainable]
 
-    def index_of(self, variables: Sequence[Any]) -> list[int]:
-        """Positions of `variables` (same objects) among the trainable ones."""
-        positions = {id(v): i for i, v in enumerate(self.trainable)}
-        return [positions[id(v)] for v in variables]
-
     def __call__(self, trainable_values, inputs, training=False, non_trainable_values=None):
         if non_trainable_values is None:
             non_trainable_values = self.non_trainable_values()

@@ -249,14 +249,7 @@ def plot_search_progress(trials: list[dict[str, Any]], path: str, title: str = "
     if any(r.get("val_mse") is not None for r in records):
         return _plot_regression_progress(records, path, title)
     n = len(records)
-    figure = Figure(figsize=(min(16.0, 9.0 + n / 60), 4.6), dpi=110, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    axes.set_xlabel("trial number")
-    axes.set_ylabel("validation accuracy (%)")
-    axes.set_title(title or "Search progress")
-    axes.grid(True, alpha=0.3)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    figure, axes = _progress_figure(n, title, "validation accuracy (%)")
 
     scored = [(i + 1, r) for i, r in enumerate(records) if _score(r) is not None]
     failed = [
@@ -574,16 +567,22 @@ def _short_label(operation: str) -> str:
     return text
 
 
-def _plot_regression_progress(records: list[dict[str, Any]], path: str, title: str) -> str:
-    """Validation MSE per trial (log scale, lower is better) and the best so far."""
-    figure = Figure(figsize=(9.0, 4.6), dpi=110, layout="constrained")
+def _progress_figure(trials: int, title: str, ylabel: str):
+    """The empty search-progress figure and its axes (trial numbers along x)."""
+    figure = Figure(figsize=(min(16.0, 9.0 + trials / 60), 4.6), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     axes.set_xlabel("trial number")
-    axes.set_ylabel("validation MSE (lower is better)")
+    axes.set_ylabel(ylabel)
     axes.set_title(title or "Search progress")
     axes.grid(True, alpha=0.3)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    return figure, axes
+
+
+def _plot_regression_progress(records: list[dict[str, Any]], path: str, title: str) -> str:
+    """Validation MSE per trial (log scale, lower is better) and the best so far."""
+    figure, axes = _progress_figure(len(records), title, "validation MSE (lower is better)")
     points = []
     for index, record in enumerate(records, start=1):
         try:

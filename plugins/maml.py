@@ -220,12 +220,18 @@ class GradientMetaLearner(MetaLearner):
         # Transductive batch norm normalises with batch statistics everywhere.
         return True if self.batch_norm == "transductive" else bool(training)
 
-    def _features(self, backbone_fast, images, pass_index: int, training: bool, new_stats):
-        """Backbone features at fast weights, with pass `pass_index`'s batch norm."""
-        values = self.network.values()
+    def _read_backbone(self) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+        """The backbone's trainable and non-trainable values, read once per adapt or predict."""
+        return self.network.values(), self.network.non_trainable_values()
+
+    def _features(self, base, backbone_fast, images, pass_index: int, training: bool, new_stats):
+        """Backbone features at fast weights, with pass `pass_index`'s batch norm.
+
+        `base` is `_read_backbone()`: the values of everything not passed in.
+        """
+        values, non_trainable = list(base[0]), list(base[1])
         for position, value in zip(self.adapted_positions, backbone_fast):
             values[position] = value
-        non_trainable = self.network.non_trainable_values()
         if self.per_step_bn and pass_index > 0:
             copy = min(pass_index, self.inner_steps) - 1
             for position, variable in zip(self.bn_param_positions, self.step_bn_params[copy]):
@@ -309,9 +315,10 @@ class GradientMetaLearner(MetaLearner):
             )
             return {"backbone": [], "head": fast}
 
-        backbone_fast = [self.network.values()[p] for p in self.adapted_positions]
+        base = self._read_backbone()
+        backbone_fast = [base[0][p] for p in self.adapted_positions]
         head = self._initial_head(
-            self._features(backbone_fast, support_images, 0, training, {})
+            self._features(base, backbone_fast, support_images, 0, training, {})
             if self.head_init == "proto"
             else None,
             support_labels,
@@ -323,7 +330,7 @@ class GradientMetaLearner(MetaLearner):
             # Extra evaluation steps reuse the last support step's batch norm.
             pass_index = min(step, self.inner_steps - 1)
             features = self._features(
-                params[:count], support_images, pass_index, training, new_stats
+                base, params[:count], support_images, pass_index, training, new_stats
             )
             return task_loss(self.task, self._linear(features, params[count:]), support_labels)[0]
 
@@ -344,7 +351,12 @@ class GradientMetaLearner(MetaLearner):
         else:
             new_stats: dict[int, list[tf.Tensor]] = {}
             features = self._features(
-                task_state["backbone"], query_images, self.inner_steps, training, new_stats
+                self._read_backbone(),
+                task_state["backbone"],
+                query_images,
+                self.inner_steps,
+                training,
+                new_stats,
             )
             if new_stats:
                 self._assign_stats(new_stats)

@@ -117,8 +117,6 @@ def episode_dataset(
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     images = tf.constant(class_set.images, tf.float32)
-    stop = start + count if count is not None else np.iinfo(np.int64).max
-    indices = tf.data.Dataset.range(start, stop)
 
     def make(index):
         episode = sample_episode(images, index, n_way, k_shot, n_query, seed, stream)
@@ -131,6 +129,17 @@ def episode_dataset(
             )
         return episode
 
+    return indexed_stream(make, count, start)
+
+
+def indexed_stream(make, count: int | None = None, start: int = 0) -> tf.data.Dataset:
+    """`make(index)` for indices `start, start + 1, ...`: `count` of them, or endless if None.
+
+    Mapped in parallel but deterministically and prefetched; every episode
+    stream (class-based or generated, e.g. `sinusoid`) is built this way.
+    """
+    stop = start + count if count is not None else np.iinfo(np.int64).max
+    indices = tf.data.Dataset.range(start, stop)
     return indices.map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
         tf.data.AUTOTUNE
     )

@@ -18,7 +18,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from metasearch.api import Episode, RegressionDataset
@@ -168,12 +167,8 @@ class Sinusoid(RegressionDataset):
         if k_shot < 1 or n_query < 0:
             raise ValueError(f"need k_shot >= 1 and n_query >= 0, got {k_shot} and {n_query}")
         ranges = parse_ranges(self.options.options)
-        stop = start + count if count is not None else np.iinfo(np.int64).max
-        indices = tf.data.Dataset.range(start, stop)
 
         def make(index):
             return sinusoid_episode(task_key(split, seed, stream, index), k_shot, n_query, ranges)
 
-        return indices.map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
-            tf.data.AUTOTUNE
-        )
+        return episodes_lib.indexed_stream(make, count, start)
