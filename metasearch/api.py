@@ -213,6 +213,9 @@ class MetaLearner(keras.layers.Layer, abc.ABC):
     """
 
     TASK_KINDS: tuple[str, ...] = (CLASSIFICATION,)
+    # Generative learners (e.g. the Neural Statistician) implement `generate`;
+    # their exports get a `sample` signature and `metasearch sample` works.
+    GENERATIVE: bool = False
 
     @classmethod
     @abc.abstractmethod
@@ -252,6 +255,17 @@ class MetaLearner(keras.layers.Layer, abc.ABC):
     @abc.abstractmethod
     def embed(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Returns float32 embeddings `[n, d]` of the images (the exported `embed`)."""
+
+    def generate(self, support_images: tf.Tensor, num_samples: int | tf.Tensor, seed: tf.Tensor):
+        """Generative learners only: `num_samples` new images like `support_images`.
+
+        `support_images` `[k, h, w, c]` are K normalised images of one class;
+        returns float32 `[num_samples, h, w, c]` in the same normalised space
+        (the core undoes the normalisation). `seed` is an int32 `[2]` tensor for
+        stateless sampling (`tf.random.stateless_*`): equal seeds give equal
+        images. `num_samples` may be a scalar int32 tensor.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not generative")
 
     def meta_train_loss(self, episode: Episode) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """Returns `(scalar loss, metrics)` for one meta-training episode.

@@ -293,6 +293,25 @@ class GradientMetaLearner(MetaLearner):
         backbone = [] if self.HEAD_ONLY else list(self.backbone_step_sizes)
         return inner_loop.PerParameterSGD(backbone + head)
 
+    # --- hooks for relatives that change the inner objective (e.g. meta_critic) ---
+
+    def task_context(self, support_images, support_labels, num_classes, training) -> Any:
+        """What `inner_objective` needs about the task beyond one step's outputs.
+
+        Computed once per `adapt`, before the inner loop, from the support set
+        at the initial weights. The default is None.
+        """
+        return None
+
+    def inner_objective(self, outputs, labels, features, context, step: int) -> tf.Tensor:
+        """The scalar the inner loop descends at step `step` (default: the support task loss).
+
+        `outputs` are the head's outputs on the support set at the current fast
+        weights, `features` the backbone's features they came from and
+        `context` what `task_context` returned.
+        """
+        return task_loss(self.task, outputs, labels)[0]
+
     # --- the MetaLearner contract --------------------------------------------
 
     def embed(self, images, training=False):
@@ -303,12 +322,14 @@ class GradientMetaLearner(MetaLearner):
         new_stats: dict[int, list[tf.Tensor]] = {}
         if self.task.is_regression:
             num_classes = self.outputs
+        context = self.task_context(support_images, support_labels, num_classes, training)
         if self.HEAD_ONLY:
             features = self.embed(support_images, training=training)
             head = self._initial_head(features, support_labels, num_classes)
 
             def support_loss(params, step):
-                return task_loss(self.task, self._linear(features, params), support_labels)[0]
+                outputs = self._linear(features, params)
+                return self.inner_objective(outputs, support_labels, features, context, step)
 
             fast = inner_loop.gradient_descent(
                 support_loss, head, steps, self._optimizer(num_classes), self.first_order
@@ -332,7 +353,8 @@ class GradientMetaLearner(MetaLearner):
             features = self._features(
                 base, params[:count], support_images, pass_index, training, new_stats
             )
-            return task_loss(self.task, self._linear(features, params[count:]), support_labels)[0]
+            outputs = self._linear(features, params[count:])
+            return self.inner_objective(outputs, support_labels, features, context, step)
 
         fast = inner_loop.gradient_descent(
             support_loss,
