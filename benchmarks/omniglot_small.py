@@ -1,7 +1,8 @@
 """Few-shot classifiers on the small Omniglot archives: train on small1, test on small2's own alphabets.
 
 Meta-trains one plugin (`--plugin`: protonet by default, or matching, maml,
-fomaml, metasgd, anil, or any registered classification plugin, with
+fomaml, metasgd, anil, versa, neural_statistician, meta_critic,
+learned_optimizer, or any registered classification plugin, with
 `--plugin_config` JSON overriding its default hyperparameters) on `images_background_small1` only (its characters, with their
 90/180/270-degree rotations as extra classes, as Snell et al. and Vinyals et
 al. do) for a fixed wall-clock budget, then evaluates 5-way and 20-way
@@ -43,9 +44,16 @@ DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data",
 TEST_ALPHABETS = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
 
 
+# How many points below ProtoNet's 20-way 1-shot accuracy (same budget) each plugin may be.
+ALLOWED_GAP_POINTS = {"versa": 0.0, "neural_statistician": 10.0, "meta_critic": 10.0}
+DEFAULT_GAP_POINTS = 5.0
+
+
 def targets(args, results) -> dict:
-    """ProtoNet's absolute targets; for other plugins, within 5 points of a ProtoNet run's
-    20-way 1-shot accuracy (`--reference`: its JSON output, same budget)."""
+    """ProtoNet's absolute targets; for other plugins, at most `ALLOWED_GAP_POINTS` (default
+    5) points below a ProtoNet run's 20-way 1-shot accuracy (`--reference`: its JSON output,
+    same budget)."""
+    allowed = ALLOWED_GAP_POINTS.get(args.plugin, DEFAULT_GAP_POINTS)
     if args.plugin == "protonet":
         return {
             "targets": {"20way_1shot": 0.86, "5way_1shot": 0.95},
@@ -54,7 +62,9 @@ def targets(args, results) -> dict:
             and results["5way_1shot"]["accuracy"] >= 0.95,
         }
     if not args.reference:
-        return {"targets": "within 5 points of protonet's 20-way 1-shot (pass --reference)"}
+        return {
+            "targets": f"at most {allowed} points below protonet's 20-way 1-shot (pass --reference)"
+        }
     with open(args.reference, encoding="utf-8") as handle:
         reference = json.load(handle)
     protonet = reference["results"]["20way_1shot"]["accuracy"]
@@ -66,8 +76,8 @@ def targets(args, results) -> dict:
             "train_seconds": reference.get("train_seconds"),
         },
         "points_below_reference_20way_1shot": 100 * gap,
-        "targets": {"20way_1shot_within_points_of_protonet": 5.0},
-        "meets_targets": args.train_on == "small1" and 100 * gap <= 5.0,
+        "targets": {"20way_1shot_at_most_points_below_protonet": allowed},
+        "meets_targets": args.train_on == "small1" and 100 * gap <= allowed,
     }
 
 

@@ -1,4 +1,4 @@
-"""MAML, first-order MAML and Meta-SGD on few-shot sine-wave regression.
+"""Few-shot sine-wave regression: the MAML family, VERSA and meta-critic networks.
 
 The sinusoid protocol of MAML (Finn, Abbeel and Levine, ICML 2017, section
 5.1) and Meta-SGD (Li, Zhou, Chen and Li, 2017, section 4.1): tasks are sine
@@ -6,16 +6,20 @@ waves `A sin(x - phi)`, `A ~ U[0.1, 5]`, `phi ~ U[0, pi]`, `x ~ U[-5, 5]`;
 the network is an MLP 1-40-40-1 with ReLUs (the plugin adds the output layer
 as its learned head). One model per (plugin, K), K in {5, 10}, meta-trained
 with Adam (learning rate 1e-3, cosine-decayed by `MetaTrainer` over the
-budget) on meta-batches of 25 tasks of K support and K query points, with
-one inner step of learning rate 0.01 (maml: second order; fomaml: first
-order; metasgd: second order, per-coordinate step sizes initialised at 0.01).
+budget) on meta-batches of 25 tasks of K support and K query points. The
+MAML family takes one inner step of learning rate 0.01 (maml: second
+order; fomaml: first order; metasgd: second order, per-coordinate step sizes
+initialised at 0.01). Any other regression plugin (`versa`, `meta_critic`,
+`learned_optimizer`, a third-party one) runs with its default config, which
+`--configs` JSON (`{"plugin": {...}}`) can override.
 
 Each model is meta-trained for a wall-clock budget (`--train_minutes`; the
 issue allows up to 20 minutes per model, the default of 3 keeps the six
 models near 20 minutes in all) or for a fixed number of meta-steps
 (`--train_steps`, for quick runs). It is then tested on 600 fixed test
 tasks of K support and 100 query points: the mean query MSE and its 95% CI
-after 1 and after 10 inner steps (and, for reference, before adapting).
+after 1 and after 10 inner steps (and, for reference, before adapting);
+learners without inner steps (versa: one forward pass) get one `mse`.
 The targets (maml 10-shot <= 0.67, metasgd 10-shot <= 0.40) are each
 checked at the number of test-time steps of the paper they come from:
 MAML's after 10 steps (Finn et al. report the error after 1 and 10 steps;
@@ -23,10 +27,12 @@ MAML's after 10 steps (Finn et al. report the error after 1 and 10 steps;
 one-step method: its step sizes are meta-learned for exactly the one step
 it takes, and, grown well past 0.01, they make further steps diverge (a
 10-step MSE of NaN is reported as null with the count of non-finite tasks).
-Prints JSON (strict: NaN and infinities become null).
+When maml and meta_critic both run, `comparisons` checks issue 5's target
+(meta_critic's 10-shot MSE <= maml's, both after 10 steps); versa's is
+listed beside them. Prints JSON (strict: NaN and infinities become null).
 
     python benchmarks/sinusoid.py [--train_minutes 3 | --train_steps 50]
-        [--plugins maml,fomaml,metasgd] [--k_shots 5,10]
+        [--plugins maml,fomaml,metasgd,versa,meta_critic] [--k_shots 5,10]
 """
 
 from __future__ import annotations
@@ -42,14 +48,16 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from metasearch import registry  # noqa: E402
 from metasearch.api import DatasetOptions, TaskSpec  # noqa: E402
+from metasearch.conformance import sample_configs  # noqa: E402
 from metasearch.data import episodes  # noqa: E402
 from metasearch.data.sinusoid import Sinusoid  # noqa: E402
-from metasearch.plugins.maml import ANIL, FOMAML, MAML, MetaSGD  # noqa: E402
 from metasearch.search_spaces.mlp import MLP  # noqa: E402
 from metasearch.training import MetaTrainer, resolve_jit_compile  # noqa: E402
 
-PLUGINS = {"maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "anil": ANIL}
+# The MAML family runs the published protocol's config; other plugins their defaults.
+MAML_FAMILY = ("maml", "fomaml", "metasgd", "anil")
 ARCHITECTURE = {"depth": 2, "units": 40, "activation": "relu"}
 META_BATCH_SIZE = 25
 TEST_QUERY_POINTS = 100
@@ -63,20 +71,24 @@ def _csv(kind):
     return lambda text: [kind(part) for part in text.split(",") if part]
 
 
-def make_learner(plugin: str, k_shot: int, inner_learning_rate: float) -> tuple:
-    """A fresh learner and its task for one (plugin, K), from the seeded initialiser."""
+def make_learner(plugin: str, k_shot: int, args) -> tuple:
+    """A fresh learner, its task and config for one (plugin, K), from the seeded initialiser."""
     task = TaskSpec(1, k_shot, k_shot, (1,), kind="regression")
-    config = {
-        "inner_steps": 1,
-        "eval_inner_steps": 1,
-        "inner_learning_rate": inner_learning_rate,
-        "batch_norm": "transductive",
-        "head_init": "learned",
-    }
-    if plugin == "maml":
-        config["first_order"] = False
-    learner = PLUGINS[plugin](MLP().build(ARCHITECTURE, task.image_shape), config, task)
-    return learner, task
+    plugin_class = registry.load("plugin", plugin)
+    config = sample_configs(plugin_class, 1)[0]
+    if plugin in MAML_FAMILY:
+        config.update(
+            inner_steps=1,
+            eval_inner_steps=1,
+            inner_learning_rate=args.inner_learning_rate,
+            batch_norm="transductive",
+            head_init="learned",
+        )
+        if plugin == "maml":
+            config["first_order"] = False
+    config.update(args.configs.get(plugin, {}))
+    learner = plugin_class(MLP().build(ARCHITECTURE, task.image_shape), config, task)
+    return learner, task, config
 
 
 def evaluate(learner, test_stream, inner_steps: int, jit: bool) -> np.ndarray:
@@ -114,7 +126,7 @@ def strict_json(value):
 def run_one(plugin: str, k_shot: int, data: Sinusoid, args, jit: bool) -> dict:
     """Meta-trains and tests one (plugin, K) model; returns its JSON record."""
     keras.utils.set_random_seed(args.seed)
-    learner, _ = make_learner(plugin, k_shot, args.inner_learning_rate)
+    learner, _, config = make_learner(plugin, k_shot, args)
     stream = data.episodes("train", k_shot, k_shot, args.seed, episodes.TRAIN_STREAM)
     curve = []
 
@@ -142,13 +154,19 @@ def run_one(plugin: str, k_shot: int, data: Sinusoid, args, jit: bool) -> dict:
     test_stream = data.episodes(
         "test", k_shot, TEST_QUERY_POINTS, args.seed, episodes.TEST_STREAM, count=args.test_tasks
     ).cache()
-    mse = {n: evaluate(learner, test_stream, n, jit) for n in (0, 1, 10)}
-    if np.array_equal(mse[1], mse[10]):
-        raise RuntimeError(f"{plugin} K={k_shot}: 1-step and 10-step MSEs are identical")
+    if hasattr(learner, "eval_inner_steps"):
+        mse = {n: evaluate(learner, test_stream, n, jit) for n in (0, 1, 10)}
+        if np.array_equal(mse[1], mse[10]):
+            raise RuntimeError(f"{plugin} K={k_shot}: 1-step and 10-step MSEs are identical")
+        errors = {STEP_KEYS[n]: summarize(values) for n, values in mse.items()}
+    else:
+        trainer = MetaTrainer(learner, (0.0, 1.0), 1e-3, 1, jit, META_BATCH_SIZE)
+        errors = {"mse": summarize(trainer.evaluate(test_stream, num_classes=1))}
     # About 20 points of the training curve (mean train query MSE per 50 steps).
     stride = max(1, len(curve) // 20)
     record = {
-        **{STEP_KEYS[n]: summarize(values) for n, values in mse.items()},
+        "config": config,
+        **errors,
         "meta_steps": steps,
         "train_seconds": round(seconds, 1),
         "tasks_per_second": round(steps * META_BATCH_SIZE / seconds, 1) if seconds else None,
@@ -171,6 +189,29 @@ def run_one(plugin: str, k_shot: int, data: Sinusoid, args, jit: bool) -> dict:
         record["target"] = {"mse": target, "checked_at": STEP_KEYS[test_steps]}
         record["meets_target"] = bool(np.isfinite(mean) and mean <= target)
     return record
+
+
+def final_mse(record: dict) -> float:
+    """A model's adapted test MSE: after 10 inner steps, or its one `mse` (no steps)."""
+    return record[STEP_KEYS[10]]["mean"] if STEP_KEYS[10] in record else record["mse"]["mean"]
+
+
+def comparisons(results: dict) -> dict:
+    """Issue 5's target: meta_critic's 10-shot MSE at most maml's (versa's listed too)."""
+    found = {}
+    maml = results.get("maml", {}).get("10_shot")
+    if maml is None:
+        return found
+    for plugin in ("meta_critic", "versa"):
+        record = results.get(plugin, {}).get("10_shot")
+        if record is None:
+            continue
+        ours, theirs = final_mse(record), final_mse(maml)
+        entry = {"mse": ours, "maml_mse": theirs, "ratio_to_maml": ours / theirs}
+        if plugin == "meta_critic":
+            entry["holds"] = bool(np.isfinite(ours) and ours <= theirs)
+        found[f"{plugin}_10shot_vs_maml"] = entry
+    return found
 
 
 def device_description(jit: bool) -> dict:
@@ -200,10 +241,18 @@ def main():
     parser.add_argument("--test_tasks", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jit_compile", default="auto")
+    parser.add_argument(
+        "--configs", type=json.loads, default={}, help='JSON {"plugin": {config overrides}}'
+    )
     args = parser.parse_args()
-    unknown = sorted(set(args.plugins) - set(PLUGINS))
+    known = [
+        name
+        for name in registry.names("plugin")
+        if "regression" in getattr(registry.load("plugin", name), "TASK_KINDS", ())
+    ]
+    unknown = sorted(set(args.plugins) - set(known))
     if unknown:
-        parser.error(f"unknown plugins {unknown}; known: {sorted(PLUGINS)}")
+        parser.error(f"unknown or classification-only plugins {unknown}; known: {known}")
 
     jit = resolve_jit_compile(args.jit_compile)
     data = Sinusoid(DatasetOptions(None, 28, args.seed, {}))
@@ -222,15 +271,15 @@ def main():
         json.dumps(
             strict_json(
                 {
-                    "benchmark": "sinusoid_maml_family",
+                    "benchmark": "sinusoid",
                     "protocol": {
                         "tasks": "A sin(x - phi), A ~ U[0.1, 5], phi ~ U[0, pi], x ~ U[-5, 5]",
                         "backbone": MLP().describe(ARCHITECTURE) + " + learned linear head",
                         "meta_optimizer": f"Adam {args.learning_rate}, cosine decay over the budget",
                         "meta_batch_size": META_BATCH_SIZE,
                         "train_points": "K support + K query per task",
-                        "inner_steps_train": 1,
-                        "inner_learning_rate": args.inner_learning_rate,
+                        "maml_family_inner_steps_train": 1,
+                        "maml_family_inner_learning_rate": args.inner_learning_rate,
                         "budget": f"{args.train_steps} meta-steps"
                         if args.train_steps
                         else f"{args.train_minutes} minutes per model",
@@ -240,12 +289,16 @@ def main():
                     },
                     "device": device_description(jit),
                     "results": results,
+                    "comparisons": comparisons(results),
                     "targets": {
                         f"{plugin}_{k}shot_{STEP_KEYS[steps]}": target
                         for plugin, (k, target, steps) in TARGETS.items()
                     },
                     # Only targets of models this run trained count; none trained means False.
                     "meets_targets": bool(checked) and all(checked),
+                    "meets_comparisons": all(
+                        c.get("holds", True) for c in comparisons(results).values()
+                    ),
                 }
             ),
             indent=2,

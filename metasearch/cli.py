@@ -1,4 +1,5 @@
-"""The `metasearch` command: `metasearch [search] --flags` and `metasearch export`.
+"""The `metasearch` command: `metasearch [search] --flags`, `metasearch export` and
+`metasearch sample` (new images from a generative learner, as a PNG grid).
 
 Bad input (a flag, a file, a value) ends with one line on stderr naming the
 problem and exit status 2.
@@ -16,7 +17,7 @@ from absl import logging as absl_logging
 from metasearch import flags as ms_flags
 from metasearch.errors import UsageError
 
-COMMANDS = ("search", "export")
+COMMANDS = ("search", "export", "sample")
 
 
 def fail(message: str) -> None:
@@ -73,11 +74,32 @@ def _import_tensorflow_quietly() -> None:
         tf.config.list_physical_devices("GPU")
 
 
+def _check_names_before_tensorflow() -> None:
+    """Fails on unknown component names at once, before TensorFlow's slow import.
+
+    Only the entry-point names are read (no plugin module is imported); the
+    controller checks them again when it loads the components.
+    """
+    from metasearch import registry
+
+    parsed = ms_flags.FLAGS
+    checks = [("search_space", parsed.search_space)]
+    if parsed.evaluator == "train":
+        checks += [("plugin", parsed.plugin), ("dataset", parsed.dataset)]
+    try:
+        for kind, name in checks:
+            registry.check_known(kind, name, kind)
+    except UsageError as error:
+        fail(str(error))
+
+
 def main(argv: list[str]) -> None:
     positional = argv[1:]
     command = positional[0] if positional else "search"
     if command not in COMMANDS or len(positional) > 1:
         fail(f"unknown command {' '.join(positional)!r}; known: {', '.join(COMMANDS)}")
+    if command == "search":
+        _check_names_before_tensorflow()
     _import_tensorflow_quietly()
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
@@ -86,6 +108,21 @@ def main(argv: list[str]) -> None:
         if command == "search":
             config = ms_flags.resolve()
             controller.search(config, ms_flags.flagfile_text())
+        elif command == "sample":
+            from metasearch import sampling
+
+            parsed = ms_flags.FLAGS
+            path = sampling.sample_run(
+                parsed.output_dir,
+                parsed.trial,
+                parsed.sample_png,
+                parsed.sample_classes,
+                parsed.sample_shots,
+                parsed.samples_per_class,
+                parsed.seed,
+                parsed.data_dir,
+            )
+            print(f"Wrote samples of trial {parsed.trial} to {path}")
         else:
             parsed = ms_flags.FLAGS
             path = controller.export_trial(

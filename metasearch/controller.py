@@ -825,6 +825,22 @@ REGRESSION_SIGNATURES = {
 }
 
 
+SAMPLE_SIGNATURE = (
+    "sample(images [k,h,w,c] float32 in [0,1], num_samples int32, seed [2] int32) -> "
+    "{'images': [num_samples, image_size, image_size, c] in [0,1]}"
+)
+
+
+def learner_signatures(learner: MetaLearner, task: TaskSpec) -> dict[str, str]:
+    """What the exported learner's signatures take and return, for its metadata."""
+    if task.is_regression:
+        return dict(REGRESSION_SIGNATURES)
+    signatures = dict(LEARNER_SIGNATURES)
+    if getattr(learner, "GENERATIVE", False):
+        signatures["sample"] = SAMPLE_SIGNATURE
+    return signatures
+
+
 def restore_trial(output_dir: str, trial_id: str = "best"):
     """Rebuilds a finished trial's learner with its trained weights.
 
@@ -974,7 +990,7 @@ def export_kinds(
             normalization=tuple(data["normalization"]),
             metadata={
                 **metadata,
-                "signatures": REGRESSION_SIGNATURES if task.is_regression else LEARNER_SIGNATURES,
+                "signatures": learner_signatures(learner, task),
             },
         )
     return paths

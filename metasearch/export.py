@@ -5,6 +5,10 @@ classification learner:
 
 * `few_shot(support_images, support_labels, query_images) -> {"logits": [q, c]}`
 * `embed(images) -> {"embeddings": [n, d]}`
+* generative learners only (e.g. `neural_statistician`):
+  `sample(images, num_samples, seed) -> {"images": [num_samples, h, w, c]}`,
+  new images of the class the K `images` show, in [0, 1] at the model's image
+  size; `seed` is int32 `[2]` (equal seeds give equal images)
 
 and of a regression learner (e.g. on `sinusoid`):
 
@@ -93,6 +97,16 @@ class FewShotModule(tf.Module):
         )
         self.embed = tf.function(self._embed, input_signature=[image_spec])
         self.metadata = tf.function(self._metadata, input_signature=[])
+        self.generative = bool(getattr(learner, "GENERATIVE", False))
+        if self.generative:
+            self.sample = tf.function(
+                self._sample,
+                input_signature=[
+                    tf.TensorSpec([None, None, None, channels], tf.float32, name="images"),
+                    tf.TensorSpec([], tf.int32, name="num_samples"),
+                    tf.TensorSpec([2], tf.int32, name="seed"),
+                ],
+            )
 
     def _preprocess(self, images):
         return normalize(resize(images, self.image_size), self.mean, self.std)
@@ -105,6 +119,10 @@ class FewShotModule(tf.Module):
         return {
             "logits": self.learner.predict(state, self._preprocess(query_images), training=False)
         }
+
+    def _sample(self, images, num_samples, seed):
+        generated = self.learner.generate(self._preprocess(images), num_samples, seed)
+        return {"images": tf.clip_by_value(generated * self.std + self.mean, 0.0, 1.0)}
 
     def _embed(self, images):
         return {"embeddings": self.learner.embed(self._preprocess(images), training=False)}
@@ -170,14 +188,13 @@ def export_learner(
         _write_json(metadata_path, metadata)
         module = FewShotModule(learner, image_size, channels, normalization, metadata_path)
         main = "adapt_and_predict" if module.regression else "few_shot"
-        tf.saved_model.save(
-            module,
-            saved,
-            signatures={
-                main: getattr(module, main).get_concrete_function(),
-                "embed": module.embed.get_concrete_function(),
-            },
-        )
+        signatures = {
+            main: getattr(module, main).get_concrete_function(),
+            "embed": module.embed.get_concrete_function(),
+        }
+        if getattr(module, "generative", False):
+            signatures["sample"] = module.sample.get_concrete_function()
+        tf.saved_model.save(module, saved, signatures=signatures)
     return export_dir
 
 

@@ -39,6 +39,14 @@ flags.DEFINE_list(
     "(e.g. conv_blocks/depth=4,protonet/metric=cosine).",
 )
 flags.DEFINE_enum(
+    "inner_optimizer",
+    None,
+    ["sgd", "learned"],
+    "MAML family (maml, fomaml, anil): the inner-loop update rule, fixed instead of searched: "
+    "sgd (plain gradient descent) or learned (a coordinate-wise LSTM optimizer meta-trained "
+    "with the initialisation). Shorthand for --fix_hparams=PLUGIN/inner_optimizer=VALUE.",
+)
+flags.DEFINE_enum(
     "evaluator",
     "train",
     ["train", "table"],
@@ -197,6 +205,14 @@ flags.DEFINE_string(
     "export_dir", None, "export: where to write the SavedModel (default inside --output_dir)."
 )
 
+# --- sample subcommand ----------------------------------------------------
+flags.DEFINE_string(
+    "sample_png", None, "sample: where to write the PNG grid (default RUN/samples_TRIAL.png)."
+)
+flags.DEFINE_integer("sample_classes", 5, "sample: meta-test classes, one row each.")
+flags.DEFINE_integer("sample_shots", 5, "sample: given images per class (K).")
+flags.DEFINE_integer("samples_per_class", 10, "sample: new images generated per class.")
+
 # Flags that change what a run computes. A rerun into an existing output
 # directory must agree on all of them; --max_trials may grow to extend a search.
 IDENTITY_FLAGS = (
@@ -256,7 +272,7 @@ RUN_FLAGS = (
     IDENTITY_FLAGS
     + tuple(f for group in STRATEGY_OPTION_FLAGS.values() for f in group)
     + tuple(f for group in SPACE_OPTION_FLAGS.values() for f in group)
-    + ("max_trials", "output_dir", "jit_compile", "progress", "worker_timeout")
+    + ("inner_optimizer", "max_trials", "output_dir", "jit_compile", "progress", "worker_timeout")
 )
 
 
@@ -351,7 +367,9 @@ def resolve() -> RunConfig:
         table=FLAGS.table,
         table_column=FLAGS.table_column,
         max_params=FLAGS.max_params,
-        fix_hparams=parse_fixed_hparams(FLAGS.fix_hparams),
+        fix_hparams=with_inner_optimizer(
+            parse_fixed_hparams(FLAGS.fix_hparams), FLAGS.plugin, FLAGS.inner_optimizer
+        ),
         max_trials=FLAGS.max_trials,
         episodes_per_trial=FLAGS.episodes_per_trial,
         eval_episodes=FLAGS.eval_episodes,
@@ -395,6 +413,29 @@ def parse_fixed_hparams(items: list[str]) -> dict[str, Any]:
             raise UsageError(f"--fix_hparams: {item!r} is not NAME=VALUE")
         fixed[name.strip()] = _parse_value(value.strip())
     return fixed
+
+
+def with_inner_optimizer(fixed: dict[str, Any], plugin: str, choice: str | None) -> dict[str, Any]:
+    """`fixed` plus `PLUGIN/inner_optimizer=choice` (from `--inner_optimizer`), checked."""
+    if choice is None:
+        return fixed
+    import keras_tuner
+
+    from metasearch import registry
+
+    name = f"{plugin}/inner_optimizer"
+    hp = keras_tuner.HyperParameters()
+    registry.load("plugin", plugin, "plugin").sample_config(hp)
+    if name not in {parameter.name for parameter in hp.space}:
+        raise UsageError(
+            f"--inner_optimizer: plugin {plugin!r} has no inner optimizer to choose "
+            "(maml, fomaml and anil have)"
+        )
+    if fixed.get(name, choice) != choice:
+        raise UsageError(
+            f"--inner_optimizer={choice} contradicts --fix_hparams={name}={fixed[name]}"
+        )
+    return {**fixed, name: choice}
 
 
 def flagfile_text() -> str:

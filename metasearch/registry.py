@@ -45,14 +45,18 @@ def names(kind: str) -> list[str]:
     return sorted(_entry_points(kind))
 
 
-def load(kind: str, name: str, flag: str | None = None):
-    """Returns the class registered as `name`; unknown names fail with the known ones."""
-    entry_points = _entry_points(kind)
-    if name not in entry_points:
+def check_known(kind: str, name: str, flag: str | None = None) -> None:
+    """Fails with the known names unless `name` is registered for `kind` (imports nothing)."""
+    if name not in _entry_points(kind):
         known = ", ".join(names(kind)) or "none installed"
         where = f"--{flag}" if flag else GROUPS[kind]
         raise UsageError(f"{where}: unknown {kind.replace('_', ' ')} {name!r}; known: {known}")
-    return entry_points[name].load()
+
+
+def load(kind: str, name: str, flag: str | None = None):
+    """Returns the class registered as `name`; unknown names fail with the known ones."""
+    check_known(kind, name, flag)
+    return _entry_points(kind)[name].load()
 
 
 def clear_cache() -> None:
