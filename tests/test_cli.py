@@ -79,6 +79,13 @@ def test_flagfile_repeats_the_run_and_reexport_works(finished_run, tmp_path):
     _assert_usage_error(bad, "--trial=7", "trials: 0, 1")
 
 
+def test_sample_needs_a_generative_plugin(finished_run, tmp_path):
+    out, _ = finished_run
+    result = run_cli("sample", f"--output_dir={out}", f"--sample_png={tmp_path / 'g.png'}")
+    _assert_usage_error(result, "--output_dir", "'protonet' does not generate images")
+    assert not (tmp_path / "g.png").exists()
+
+
 def test_different_configuration_is_refused_unless_overwrite(finished_run, tmp_path):
     out, _ = finished_run
     copy = tmp_path / "copy"
@@ -175,7 +182,7 @@ def test_unwritable_output_dir(tmp_path):
 
 
 def test_unknown_command_and_help():
-    _assert_usage_error(run_cli("frobnicate"), "unknown command", "search, export")
+    _assert_usage_error(run_cli("frobnicate"), "unknown command", "search, export, sample")
     helpful = run_cli("--helpfull")
     assert helpful.returncode == 0
     for flag in (

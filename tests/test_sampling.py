@@ -1,0 +1,63 @@
+"""`metasearch sample`: the picture grid and the calls into a generative learner."""
+
+import numpy as np
+import tensorflow as tf
+
+from metasearch import sampling
+
+
+class _MeanLearner:
+    """A stand-in generative learner: the class's mean image plus seeded noise."""
+
+    def generate(self, support_images, num_samples, seed):
+        mean = tf.reduce_mean(support_images, axis=0, keepdims=True)
+        noise = tf.random.stateless_normal(
+            tf.concat([[num_samples], tf.shape(mean)[1:]], 0), seed=seed
+        )
+        return tf.repeat(mean, num_samples, axis=0) + 0.1 * noise
+
+
+def test_generate_images_undoes_normalisation_and_is_seeded():
+    rng = np.random.default_rng(0)
+    given = rng.uniform(0.2, 0.8, size=(2, 3, 6, 6, 1)).astype(np.float32)
+    first = sampling.generate_images(_MeanLearner(), given, (0.5, 0.25), 4, seed=7)
+    again = sampling.generate_images(_MeanLearner(), given, (0.5, 0.25), 4, seed=7)
+    other = sampling.generate_images(_MeanLearner(), given, (0.5, 0.25), 4, seed=8)
+    assert first.shape == (2, 4, 6, 6, 1)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    assert first.min() >= 0.0 and first.max() <= 1.0
+    # Noise of 0.1 in normalised units is 0.025 in pixels: samples sit near the class mean.
+    np.testing.assert_allclose(first.mean(axis=1), given.mean(axis=1), atol=0.05)
+    # Each class gets its own noise (the seed pair includes the class index).
+    assert not np.allclose(first[0] - given[0].mean(0), first[1] - given[1].mean(0))
+
+
+def test_grid_puts_given_images_left_of_the_gap_and_samples_right():
+    given = np.zeros((2, 3, 4, 5, 1), np.float32)
+    generated = np.ones((2, 2, 4, 5, 1), np.float32)
+    given[1, 2] = 0.5
+    picture = sampling.grid_image(given, generated)
+    cell_h, cell_w, s = 4 + sampling.PADDING, 5 + sampling.PADDING, sampling.SCALE
+    height = sampling.PADDING + 2 * cell_h
+    width = sampling.PADDING + 3 * cell_w + sampling.GAP + 2 * cell_w
+    assert picture.shape == (height * s, width * s, 3) and picture.dtype == np.uint8
+
+    def pixel(row, column):
+        top = sampling.PADDING + row * cell_h
+        left = sampling.PADDING + column * cell_w + (sampling.GAP if column >= 3 else 0)
+        return picture[(top + 1) * s, (left + 1) * s]
+
+    assert tuple(pixel(0, 0)) == (0, 0, 0)
+    assert tuple(pixel(1, 2)) == (128, 128, 128)
+    assert tuple(pixel(1, 3)) == (255, 255, 255)
+    # The gap between the given and the generated images is background.
+    gap_left = sampling.PADDING + 3 * cell_w
+    assert tuple(picture[(sampling.PADDING + 1) * s, (gap_left + 2) * s]) == (217, 217, 217)
+
+
+def test_write_png_is_atomic_and_valid(tmp_path):
+    picture = np.zeros((8, 8, 3), np.uint8)
+    path = sampling.write_png(picture, str(tmp_path / "deep" / "grid.png"))
+    assert open(path, "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in (tmp_path / "deep").iterdir()] == ["grid.png"]
