@@ -45,6 +45,8 @@ setup(
             "fomaml = metasearch.plugins.maml:FOMAML",
             "metasgd = metasearch.plugins.maml:MetaSGD",
             "anil = metasearch.plugins.maml:ANIL",
+            "versa = metasearch.plugins.versa:Versa",
+            "neural_statistician = metasearch.plugins.neural_statistician:NeuralStatistician",
         ],
         "metasearch.search_spaces": [
             "conv_blocks = metasearch.search_spaces.conv_blocks:ConvBlocks",

@@ -1,8 +1,15 @@
 """`metasearch sample`: the picture grid and the calls into a generative learner."""
 
-import numpy as np
-import tensorflow as tf
+import json
+import subprocess
+import sys
 
+import numpy as np
+import pytest
+import tensorflow as tf
+from matplotlib.image import imread
+
+from cli_support import TINY, read_json, run_cli
 from metasearch import sampling
 
 
@@ -61,3 +68,66 @@ def test_write_png_is_atomic_and_valid(tmp_path):
     path = sampling.write_png(picture, str(tmp_path / "deep" / "grid.png"))
     assert open(path, "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in (tmp_path / "deep").iterdir()] == ["grid.png"]
+
+
+PLAIN_TF_SAMPLE = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+images = tf.constant(np.random.default_rng(0).uniform(size=(3, 40, 40, 1)).astype("float32"))
+sample = model.signatures["sample"]
+first = sample(images=images, num_samples=tf.constant(4), seed=tf.constant([1, 2]))["images"]
+again = sample(images=images, num_samples=tf.constant(4), seed=tf.constant([1, 2]))["images"]
+other = sample(images=images, num_samples=tf.constant(4), seed=tf.constant([3, 4]))["images"]
+assert not {"metasearch", "keras_tuner"} & set(sys.modules)
+print(json.dumps({
+    "shape": first.shape.as_list(),
+    "repeatable": bool(np.array_equal(first.numpy(), again.numpy())),
+    "seeded": bool(not np.allclose(first.numpy(), other.numpy())),
+    "range": [float(tf.reduce_min(first)), float(tf.reduce_max(first))],
+}))
+"""
+
+
+@pytest.mark.slow
+def test_neural_statistician_search_then_sample_png_and_exported_sample(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(*TINY, "--plugin=neural_statistician", "--max_trials=1", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    png = tmp_path / "grid.png"
+    sampled = run_cli(
+        "sample",
+        f"--output_dir={out}",
+        f"--sample_png={png}",
+        "--sample_classes=2",
+        "--sample_shots=3",
+        "--samples_per_class=4",
+    )
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    assert str(png) in sampled.stdout
+    picture = imread(png)
+    cell = 28 + sampling.PADDING
+    expected = (
+        (sampling.PADDING + 2 * cell) * sampling.SCALE,
+        (sampling.PADDING + 7 * cell + sampling.GAP) * sampling.SCALE,
+    )
+    assert picture.shape[:2] == expected
+    # Generated images are images, not a blank: they vary.
+    assert float(np.std(picture[..., 0])) > 0.01
+
+    # The exported learner samples in a process that imports TensorFlow only.
+    export = out / "export" / "best_learner"
+    metadata = read_json(export / "assets" / "metasearch.json")
+    assert "sample" in metadata["signatures"]
+    plain = subprocess.run(
+        [sys.executable, "-c", PLAIN_TF_SAMPLE, str(export)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    report = json.loads(plain.stdout.strip().splitlines()[-1])
+    assert report["shape"] == [4, 28, 28, 1]
+    assert report["repeatable"] and report["seeded"]
+    assert 0.0 <= report["range"][0] <= report["range"][1] <= 1.0
