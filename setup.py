@@ -28,7 +28,8 @@ setup(
         "tensorflow>=2.16",
         "keras>=3",
         "keras-tuner[bayesian]>=1.4",  # the extra brings what --strategy=bayesian needs
-        "tensorflow-probability>=0.24",
+        # The [tf] extra brings tf-keras, without which tfp.distributions will not load on TF.
+        "tensorflow-probability[tf]>=0.24",
         "absl-py>=1.0",
         "numpy",
         "pillow",
