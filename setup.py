@@ -48,6 +48,7 @@ setup(
             "anil = metasearch.plugins.maml:ANIL",
             "versa = metasearch.plugins.versa:Versa",
             "neural_statistician = metasearch.plugins.neural_statistician:NeuralStatistician",
+            "meta_critic = metasearch.plugins.meta_critic:MetaCritic",
         ],
         "metasearch.search_spaces": [
             "conv_blocks = metasearch.search_spaces.conv_blocks:ConvBlocks",
