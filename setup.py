@@ -49,6 +49,7 @@ setup(
             "versa = metasearch.plugins.versa:Versa",
             "neural_statistician = metasearch.plugins.neural_statistician:NeuralStatistician",
             "meta_critic = metasearch.plugins.meta_critic:MetaCritic",
+            "learned_optimizer = metasearch.plugins.learned_optimizer:LearnedOptimizerLearner",
         ],
         "metasearch.search_spaces": [
             "conv_blocks = metasearch.search_spaces.conv_blocks:ConvBlocks",

@@ -27,6 +27,16 @@ how each task's head starts:
   adaptation starts from a Prototypical Network. Regression treats `proto`
   as `zero`.
 
+The inner-loop update rule is a searchable choice, `inner_optimizer` (maml,
+fomaml and anil; `--inner_optimizer` pins it): `sgd`, plain gradient descent
+at `inner_learning_rate`, or `learned`, the coordinate-wise LSTM optimizer of
+Andrychowicz et al. 2016 (`metasearch.plugins.learned_optimizer`), whose
+weights are meta-trained by the outer loop together with the initialisation;
+its update is scaled by `output_scale` (default: the inner learning rate)
+and its width is `optimizer_hidden_units` (default 20). Meta-SGD's
+per-coordinate step sizes are its own learned rule, so metasgd refuses
+`learned`.
+
 Batch normalisation inside the inner loop is a searchable choice,
 `batch_norm`:
 * `transductive` (the MAML paper's): batch statistics everywhere, in
@@ -56,6 +66,7 @@ HEAD_INITS = ("learned", "zero", "proto")
 INNER_STEPS = (1, 3, 5)
 EVAL_INNER_STEPS = (1, 3, 5, 10)
 INNER_LEARNING_RATES = (0.01, 0.03, 0.1, 0.4)
+INNER_OPTIMIZERS = ("sgd", "learned")
 
 
 class GradientMetaLearner(MetaLearner):
@@ -92,6 +103,11 @@ class GradientMetaLearner(MetaLearner):
         }
         if cls.FIRST_ORDER is None:
             config["first_order"] = hp.Boolean(f"{name}/first_order", default=False)
+        if not cls.LEARNED_STEP_SIZES:
+            # Meta-SGD's per-coordinate step sizes are its own learned optimiser.
+            config["inner_optimizer"] = hp.Choice(
+                f"{name}/inner_optimizer", list(INNER_OPTIMIZERS), default="sgd"
+            )
         return config
 
     def __init__(self, backbone: keras.layers.Layer, config: Config, task: TaskSpec, **kwargs):
@@ -113,6 +129,27 @@ class GradientMetaLearner(MetaLearner):
                 raise ValueError(f"{self.NAME}: unknown {key} {value!r}; known: {known}")
         if self.inner_steps < 1 or self.eval_inner_steps < 0:
             raise ValueError(f"{self.NAME}: inner steps must be >= 1 (evaluation: >= 0)")
+        self.inner_optimizer = config.get("inner_optimizer", "sgd")
+        if self.inner_optimizer not in INNER_OPTIMIZERS:
+            raise ValueError(
+                f"{self.NAME}: unknown inner_optimizer {self.inner_optimizer!r}; "
+                f"known: {INNER_OPTIMIZERS}"
+            )
+        if self.inner_optimizer == "learned":
+            if self.LEARNED_STEP_SIZES:
+                raise ValueError(
+                    f"{self.NAME}: its per-coordinate step sizes are its inner optimiser; "
+                    "inner_optimizer='learned' does not apply"
+                )
+            # Imported here: the learned optimiser's plugin module imports this one.
+            from metasearch.plugins.learned_optimizer import LSTMOptimizer
+
+            # The LSTM's output scale plays the step size's part unless given.
+            self.learned_optimizer = LSTMOptimizer(
+                hidden_units=int(config.get("optimizer_hidden_units", 20)),
+                output_scale=float(config.get("output_scale", self.inner_learning_rate)),
+                name="learned_optimizer",
+            )
         if task.is_regression and self.head_init == "proto":
             self.head_init = "zero"
         self.outputs = task.target_dim if task.is_regression else task.n_way
@@ -285,6 +322,8 @@ class GradientMetaLearner(MetaLearner):
         return [2.0 * tf.transpose(prototypes), -tf.reduce_sum(tf.square(prototypes), axis=1)]
 
     def _optimizer(self, num_classes) -> inner_loop.InnerOptimizer:
+        if self.inner_optimizer == "learned":
+            return self.learned_optimizer
         if not self.LEARNED_STEP_SIZES:
             return inner_loop.SGD(self.inner_learning_rate)
         head = list(self.head_step_sizes)
