@@ -41,7 +41,14 @@ lower than tuned Adam's. Prints JSON. The whole run takes about
 takes minutes to compile the unrolled truncation on CPU).
 
     python benchmarks/learned_optimizer.py [--meta_train_minutes 5]
-        [--seeds 20] [--meta_objective log_loss|loss]
+        [--seeds 20] [--meta_objective log_loss|loss] [--save_optimizer DIR]
+
+`--save_optimizer DIR` keeps the meta-trained LSTM; any Keras model can then
+train with it:
+
+    from metasearch import learned_optimizers
+    lstm = learned_optimizers.load_optimizer(DIR)
+    model.compile(optimizer=learned_optimizers.to_keras_optimizer(lstm), loss=...)
 """
 
 from __future__ import annotations
@@ -230,6 +237,12 @@ def main(argv=None) -> dict:
         "--meta_objective", choices=learned_optimizers.META_OBJECTIVES, default="log_loss"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--save_optimizer",
+        default=None,
+        help="folder to save the meta-trained LSTM in (load it with "
+        "metasearch.learned_optimizers.load_optimizer, then to_keras_optimizer)",
+    )
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(args.seed)
 
@@ -265,6 +278,9 @@ def main(argv=None) -> dict:
         cosine_decay=not args.constant_meta_learning_rate,
         on_problem=on_problem,
     )
+
+    if args.save_optimizer:
+        learned_optimizers.save_optimizer(lstm, args.save_optimizer)
 
     adam_check = check_adam()
     learned, adam = make_runners(lstm, args.steps)
