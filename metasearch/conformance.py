@@ -8,6 +8,7 @@ Each check works on a tiny episode (28x28 grey, 3-way 1-shot 2-query; for
 learners that support regression also a 5-shot sine task, `tiny_task(kind=
 "regression")`):
 * `check_trains`: a few meta-training steps on one episode lower the loss.
+* `check_runs`: one training step and one adaptation run (for sampled configs).
 * `check_traces_with_variable_batch`: `embed` traced once with an unknown
   batch size serves several batch sizes.
 * `check_compiles_with_xla`: the training and adaptation steps run with
@@ -125,6 +126,28 @@ def check_trains(learner: MetaLearner, task: TaskSpec, steps: int = 12) -> tuple
     else:
         assert last < first, f"meta-training loss did not decrease: {first:.4f} -> {last:.4f}"
     return first, last
+
+
+def check_runs(learner: MetaLearner, task: TaskSpec) -> None:
+    """One graph-mode training step is finite and adaptation gives outputs of the right shape.
+
+    The light check for every sampled config; `check_compiles_with_xla` and
+    `check_trains` cover the defaults.
+    """
+    episode = tiny_episode(task)
+    trainer = MetaTrainer(learner, _normalization(task), 1e-3, 2, jit_compile=False)
+    trainer.build(episode)
+    loss, _ = trainer.train_step(episode)
+    assert np.isfinite(float(loss)), f"loss is {float(loss)}"
+    outputs = trainer.adapt_step(
+        episode.support_images, episode.support_labels, episode.query_images, task.n_way
+    )
+    expected = (
+        (task.n_query, task.target_dim)
+        if task.is_regression
+        else (task.n_way * task.n_query, task.n_way)
+    )
+    assert tuple(outputs.shape) == expected and np.all(np.isfinite(outputs.numpy()))
 
 
 def check_traces_with_variable_batch(learner: MetaLearner, task: TaskSpec) -> None:

@@ -75,19 +75,18 @@ def test_regression_plugin_trains_traces_compiles_exports(plugin_name, tmp_path)
 
 
 @pytest.mark.parametrize("plugin_name", PLUGINS)
-def test_every_sampled_plugin_config_trains_and_compiles(plugin_name):
+def test_every_sampled_plugin_config_trains_and_adapts(plugin_name):
     plugin = registry.load("plugin", plugin_name)
-    # Index 0 holds the defaults, which TestPluginConformance covers.
+    # Index 0 holds the defaults, which TestPluginConformance covers (XLA included);
+    # a random config gets the light check, in graph mode, to keep the suite short.
     for config in conformance.sample_configs(plugin, 2, seed=1)[1:]:
-        # One conv block: XLA compile time grows with the graph, and what varies
-        # here is the learner's config, not the backbone.
         learner, task = _pair(
             plugin_name,
             BASE_SPACE,
             plugin_config=config,
             space_config={"depth": 1, "filters": 8, "growth": 1.0},
         )
-        conformance.check_compiles_with_xla(learner, task)
+        conformance.check_runs(learner, task)
 
 
 @pytest.mark.parametrize("image_size,channels", INPUT_SETTINGS)
