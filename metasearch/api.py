@@ -297,6 +297,21 @@ def task_loss(
     return loss, {"accuracy": accuracy(outputs, labels)}
 
 
+def feature_dim(backbone: keras.layers.Layer, task: TaskSpec) -> int:
+    """Width `d` of the features a backbone gives for the task's inputs.
+
+    From the backbone's static output shape when it knows it, else by running
+    it once on one zero input (which also builds it).
+    """
+    try:
+        dim = backbone.compute_output_shape((None, *task.image_shape))[-1]
+        if dim is not None:
+            return int(dim)
+    except Exception:  # noqa: BLE001 - fall back to running it once
+        pass
+    return int(backbone(tf.zeros([1, *task.image_shape]), training=False).shape[-1])
+
+
 def accuracy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Mean top-1 accuracy of `logits [n, c]` against int labels `[n]`."""
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)

@@ -59,7 +59,15 @@ import keras_tuner
 import tensorflow as tf
 
 from metasearch import inner_loop
-from metasearch.api import CLASSIFICATION, REGRESSION, Config, MetaLearner, TaskSpec, task_loss
+from metasearch.api import (
+    CLASSIFICATION,
+    REGRESSION,
+    Config,
+    MetaLearner,
+    TaskSpec,
+    feature_dim,
+    task_loss,
+)
 
 BATCH_NORM_MODES = ("transductive", "per_step")
 HEAD_INITS = ("learned", "zero", "proto")
@@ -75,12 +83,14 @@ class GradientMetaLearner(MetaLearner):
     `NAME` prefixes the hyperparameters. `FIRST_ORDER` is True or False to fix
     the order, None to search it. `LEARNED_STEP_SIZES` learns a step size per
     coordinate (Meta-SGD). `HEAD_ONLY` adapts the head alone (ANIL).
+    `DEFAULT_HEAD_INIT` is the default of the searched head initialisation.
     """
 
     NAME = "maml"
     FIRST_ORDER: bool | None = None
     LEARNED_STEP_SIZES = False
     HEAD_ONLY = False
+    DEFAULT_HEAD_INIT = "learned"
     TASK_KINDS = (CLASSIFICATION, REGRESSION)
 
     @classmethod
@@ -99,7 +109,9 @@ class GradientMetaLearner(MetaLearner):
             "batch_norm": hp.Choice(
                 f"{name}/batch_norm", list(BATCH_NORM_MODES), default="transductive"
             ),
-            "head_init": hp.Choice(f"{name}/head_init", list(HEAD_INITS), default="learned"),
+            "head_init": hp.Choice(
+                f"{name}/head_init", list(HEAD_INITS), default=cls.DEFAULT_HEAD_INIT
+            ),
         }
         if cls.FIRST_ORDER is None:
             config["first_order"] = hp.Boolean(f"{name}/first_order", default=False)
@@ -153,7 +165,7 @@ class GradientMetaLearner(MetaLearner):
         if task.is_regression and self.head_init == "proto":
             self.head_init = "zero"
         self.outputs = task.target_dim if task.is_regression else task.n_way
-        self.feature_dim = _feature_dim(backbone, task)
+        self.feature_dim = feature_dim(backbone, task)
 
         # Second-order meta-gradients through batch norm need exact moments.
         inner_loop.use_exact_moments(backbone)
@@ -422,17 +434,6 @@ class GradientMetaLearner(MetaLearner):
             if new_stats:
                 self._assign_stats(new_stats)
         return self._linear(features, task_state["head"])
-
-
-def _feature_dim(backbone: keras.layers.Layer, task: TaskSpec) -> int:
-    """Width of the backbone's features on the task's inputs."""
-    try:
-        dim = backbone.compute_output_shape((None, *task.image_shape))[-1]
-        if dim is not None:
-            return int(dim)
-    except Exception:  # noqa: BLE001 - fall back to running it once
-        pass
-    return int(backbone(tf.zeros([1, *task.image_shape]), training=False).shape[-1])
 
 
 class MAML(GradientMetaLearner):

@@ -37,7 +37,7 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
-from metasearch.api import Config, MetaLearner, TaskSpec, accuracy
+from metasearch.api import Config, MetaLearner, TaskSpec, accuracy, feature_dim
 
 # 0 keeps the backbone's features as they are.
 EMBEDDING_DIMS = (0, 64, 128)
@@ -99,7 +99,7 @@ class MatchingNetworks(MetaLearner):
         if self.fce:
             # The LSTM states are added to the embeddings, so they must be as
             # wide; without a projection that is the backbone's output width.
-            units = dim or int(backbone.compute_output_shape((1, *task.image_shape))[-1])
+            units = dim or feature_dim(backbone, task)
             self.units = units
             # cuDNN kernels compile with neither XLA nor every export target;
             # the generic kernel gives the same numbers everywhere.

@@ -55,7 +55,7 @@ meta-critic adapts like MAML (exactly, with a zero last layer and
 
 Hyperparameters (prefix `meta_critic/`): the MAML family's `inner_steps`,
 `eval_inner_steps`, `inner_learning_rate`, `batch_norm`, `head_init` and
-`first_order` (see `maml.py`; for meta_critic a regression task treats
+`first_order` and `inner_optimizer` (see `maml.py`; for meta_critic a regression task treats
 `proto` as `learned`), and
 * `critic_units`: width of the TAEN's and the MVN's hidden layers;
 * `embedding_dim`: width of the task embedding z (and of each class's z_c);
@@ -74,11 +74,6 @@ import tensorflow as tf
 
 from metasearch.api import CLASSIFICATION, REGRESSION, Config, Episode, TaskSpec, task_loss
 from metasearch.plugins.maml import (
-    BATCH_NORM_MODES,
-    EVAL_INNER_STEPS,
-    HEAD_INITS,
-    INNER_LEARNING_RATES,
-    INNER_STEPS,
     GradientMetaLearner,
 )
 
@@ -149,24 +144,16 @@ class MetaCritic(GradientMetaLearner):
     NAME = "meta_critic"
     TASK_KINDS = (CLASSIFICATION, REGRESSION)
 
+    # Proto-MAML's head: the best MAML-family start on Omniglot; regression
+    # tasks have no prototypes and use the learned head instead.
+    DEFAULT_HEAD_INIT = "proto"
+
     @classmethod
     def sample_config(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
+        """The MAML family's hyperparameters (under `meta_critic/`) and the critic's."""
         name = cls.NAME
         return {
-            "inner_steps": hp.Choice(f"{name}/inner_steps", list(INNER_STEPS), default=1),
-            "eval_inner_steps": hp.Choice(
-                f"{name}/eval_inner_steps", list(EVAL_INNER_STEPS), default=3
-            ),
-            "inner_learning_rate": hp.Choice(
-                f"{name}/inner_learning_rate", list(INNER_LEARNING_RATES), default=0.01
-            ),
-            "batch_norm": hp.Choice(
-                f"{name}/batch_norm", list(BATCH_NORM_MODES), default="transductive"
-            ),
-            # Proto-MAML's head: the best MAML-family start on Omniglot; regression
-            # tasks have no prototypes and use the learned head instead.
-            "head_init": hp.Choice(f"{name}/head_init", list(HEAD_INITS), default="proto"),
-            "first_order": hp.Boolean(f"{name}/first_order", default=False),
+            **super().sample_config(hp),
             "critic_units": hp.Choice(f"{name}/critic_units", list(CRITIC_UNITS), default=64),
             "embedding_dim": hp.Choice(f"{name}/embedding_dim", list(EMBEDDING_DIMS), default=32),
             "support_loss_weight": hp.Choice(

@@ -69,7 +69,7 @@ import keras_tuner
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from metasearch.api import Config, MetaLearner, TaskSpec, accuracy
+from metasearch.api import Config, MetaLearner, TaskSpec, accuracy, feature_dim
 from metasearch.plugins.protonet import class_means
 
 tfd = tfp.distributions
@@ -207,11 +207,11 @@ class NeuralStatistician(MetaLearner):
         self.classification_weight = float(settings["classification_weight"])
         self.decoder_filters = int(settings["decoder_filters"])
 
-        feature_dim = int(backbone.compute_output_shape((1, *task.image_shape))[-1])
-        self.feature_dim = feature_dim
-        self.statistic_network = _mlp(feature_dim, 2 * self.context_dim, "statistic_network")
+        width = feature_dim(backbone, task)
+        self.feature_dim = width
+        self.statistic_network = _mlp(width, 2 * self.context_dim, "statistic_network")
         self.inference_network = _mlp(
-            feature_dim + self.context_dim, 2 * self.latent_dim, "inference_network"
+            width + self.context_dim, 2 * self.latent_dim, "inference_network"
         )
         self.latent_prior = _mlp(self.context_dim, 2 * self.latent_dim, "latent_prior")
         self.decoder = _decoder(

@@ -70,7 +70,15 @@ import keras_tuner
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from metasearch.api import CLASSIFICATION, REGRESSION, Config, MetaLearner, TaskSpec, accuracy
+from metasearch.api import (
+    CLASSIFICATION,
+    REGRESSION,
+    Config,
+    MetaLearner,
+    TaskSpec,
+    accuracy,
+    feature_dim,
+)
 
 tfd = tfp.distributions
 
@@ -132,17 +140,6 @@ def _rms(x: tf.Tensor) -> tf.Tensor:
     return tf.sqrt(tf.reduce_mean(tf.square(x), axis=-1) + EPSILON)
 
 
-def _output_dim(backbone: keras.layers.Layer, task: TaskSpec) -> int:
-    """Width of the backbone's features on the task's inputs."""
-    try:
-        dim = backbone.compute_output_shape((None, *task.image_shape))[-1]
-        if dim is not None:
-            return int(dim)
-    except Exception:  # noqa: BLE001 - fall back to running it once
-        pass
-    return int(backbone(tf.zeros([1, *task.image_shape]), training=False).shape[-1])
-
-
 class Versa(MetaLearner):
     """VERSA: amortized Gaussian posteriors over a linear head, for classification
     and regression (see the module docstring)."""
@@ -174,7 +171,7 @@ class Versa(MetaLearner):
             if value not in known:
                 raise ValueError(f"versa: unknown {key} {value!r}; known: {known}")
         self.projection = keras.layers.Dense(dim, name="projection") if dim else None
-        self.feature_dim = dim or _output_dim(backbone, task)
+        self.feature_dim = dim or feature_dim(backbone, task)
         self.seed_generator = keras.random.SeedGenerator(name="versa_seed")
         log_scale = keras.initializers.Constant(math.log(INITIAL_RELATIVE_SCALE))
         d = self.feature_dim
