@@ -13,14 +13,17 @@ Each learner is compiled the way the core compiles adaptation
 (`MetaTrainer.adapt_step`: graph mode on a CPU, XLA on a GPU, or
 `--jit_compile`), warmed up, then timed over `--repeats` calls; the JSON
 gives the median and 90th percentile in milliseconds and maml's median over
-versa's. With `--saved_model` the exported SavedModel's `few_shot` signature
+versa's, and for adaptation alone (`adapt_only`: the task state, no query
+pass). With `--saved_model` the exported SavedModel's `few_shot` signature
 (what a user of the export calls, with in-graph resizing) is timed too.
 Latency does not depend on the weights' values, so the learners are not
 trained.
 
     python benchmarks/adaptation_latency.py [--repeats 50] [--saved_model]
 
-Target (issue 5): versa at least 5x faster than maml with 5 steps.
+Target (issue 5): versa at least 5x faster than maml with 5 steps. The query
+pass costs the same for every learner, so the ratio of the whole task falls
+as queries grow (`--n_query 15`: 300 query images); adaptation alone does not.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import tensorflow as tf  # noqa: E402
 from metasearch import registry  # noqa: E402
 from metasearch.api import Episode, TaskSpec  # noqa: E402
 from metasearch.conformance import sample_configs  # noqa: E402
+from metasearch.data.preprocess import normalize  # noqa: E402
 from metasearch.export import export_learner  # noqa: E402
 from metasearch.search_spaces.conv_blocks import ConvBlocks  # noqa: E402
 from metasearch.training import MetaTrainer, resolve_jit_compile  # noqa: E402
@@ -98,12 +102,24 @@ def measure(name: str, args, task_tensors, jit: bool) -> dict:
     trainer.build(Episode(support, labels, query, tf.repeat(tf.range(args.n_way), args.n_query)))
     compile_start = time.perf_counter()
     logits = trainer.adapt_step(support, labels, query, args.n_way)
+    # Adaptation alone (the task state, no query pass), compiled the same way.
+    adapt_only = tf.function(
+        lambda images, classes: learner.adapt(
+            normalize(images, *NORMALIZATION), classes, args.n_way
+        ),
+        jit_compile=jit,
+    )
     record = {
         "config": config,
         "logits_shape": list(logits.shape),
         "first_call_seconds": round(time.perf_counter() - compile_start, 2),
         "in_process": timed(
             lambda: trainer.adapt_step(support, labels, query, args.n_way).numpy(),
+            args.repeats,
+            args.warmup,
+        ),
+        "adapt_only": timed(
+            lambda: [t.numpy() for t in tf.nest.flatten(adapt_only(support, labels))],
             args.repeats,
             args.warmup,
         ),
@@ -169,14 +185,17 @@ def main():
     }
     if "versa" in results and "maml" in results:
         speedups = {}
-        for where in ("in_process", "saved_model"):
+        for where in ("in_process", "adapt_only", "saved_model"):
             if where in results["versa"]:
                 speedups[where] = (
                     results["maml"][where]["median_ms"] / results["versa"][where]["median_ms"]
                 )
         summary["maml_over_versa_median"] = speedups
         summary["target"] = f"versa at least {TARGET_SPEEDUP}x faster than maml"
-        summary["meets_target"] = all(value >= TARGET_SPEEDUP for value in speedups.values())
+        # The target is on the whole task (adapt and predict); adapt_only is the breakdown.
+        summary["meets_target"] = all(
+            value >= TARGET_SPEEDUP for key, value in speedups.items() if key != "adapt_only"
+        )
     print(json.dumps(summary, indent=2))
 
 
