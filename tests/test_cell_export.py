@@ -55,7 +55,7 @@ def test_nasnet_search_on_omniglot_then_cell_export_loads_in_plain_tensorflow(
         "--episodes_per_trial=4",
         "--eval_episodes=2",
         "--n_query=2",
-        "--nasnet_blocks=3",
+        "--nasnet_blocks=2",
         "--nasnet_cells_per_stage=1",
         "--nasnet_filters=8",
         f"--output_dir={out}",

@@ -88,7 +88,7 @@ def _run_all(processes, timeout=400):
 def test_chief_and_two_workers_run_every_trial_exactly_once(tmp_path):
     out = tmp_path / "out"
     port = _free_port()
-    args = _args(out, max_trials=3, episodes=30)
+    args = _args(out, max_trials=3, episodes=16)
     chief = Process("chief", port, args)
     workers = [Process(f"worker{i}", port, args) for i in range(2)]
     _run_all([chief, *workers])
