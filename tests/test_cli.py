@@ -108,7 +108,6 @@ def test_different_configuration_is_refused_unless_overwrite(finished_run, tmp_p
         ("--dataset=nope", ["--dataset", "'nope'", "glyphs", "omniglot"]),
         ("--search_space=nope", ["--search_space", "'nope'", "conv_blocks"]),
         ("--n_way=40", ["--n_way=40", "meta-val", "only 6 classes"]),
-        ("--k_shot=15", ["--k_shot + --n_query = 18", "only 12 images"]),
         ("--jit_compile=maybe", ["jit_compile"]),
         ("--fix_hparams=conv_blocks/depth=9", ["--fix_hparams", "conv_blocks/depth=9"]),
     ],
@@ -121,8 +120,6 @@ def test_bad_flags_give_one_line_and_exit_2_without_touching_a_run(
     shutil.copytree(out, copy)
     before = _snapshot(copy)
     args = [a for a in TINY if not a.startswith(flag.split("=")[0] + "=")]
-    if flag.startswith("--k_shot"):
-        args.append("--glyphs_images_per_class=12")
     result = run_cli(*args, "--max_trials=2", flag, f"--output_dir={copy}")
     _assert_usage_error(result, *fragments)
     assert _snapshot(copy) == before
