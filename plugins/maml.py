@@ -419,21 +419,25 @@ class GradientMetaLearner(MetaLearner):
         return {"backbone": fast[:count], "head": fast[count:]}
 
     def predict(self, task_state, query_images, training=False):
-        if self.HEAD_ONLY:
-            features = self.embed(query_images, training=training)
-        else:
-            new_stats: dict[int, list[tf.Tensor]] = {}
-            features = self._features(
-                self._read_backbone(),
-                task_state["backbone"],
-                query_images,
-                self.inner_steps,
-                training,
-                new_stats,
-            )
-            if new_stats:
-                self._assign_stats(new_stats)
+        features = self.query_features(task_state, query_images, training)
         return self._linear(features, task_state["head"])
+
+    def query_features(self, task_state, images, training=False):
+        """The backbone's features of query `images` at the task's adapted weights."""
+        if self.HEAD_ONLY:
+            return self.embed(images, training=training)
+        new_stats: dict[int, list[tf.Tensor]] = {}
+        features = self._features(
+            self._read_backbone(),
+            task_state["backbone"],
+            images,
+            self.inner_steps,
+            training,
+            new_stats,
+        )
+        if new_stats:
+            self._assign_stats(new_stats)
+        return features
 
 
 class MAML(GradientMetaLearner):

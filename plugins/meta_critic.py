@@ -284,35 +284,14 @@ class MetaCritic(GradientMetaLearner):
 
     # --- meta-training ------------------------------------------------------------
 
-    def _features_and_outputs(self, task_state, images, training):
-        """What `predict` computes, with the features the outputs came from."""
-        if self.HEAD_ONLY:
-            features = self.embed(images, training=training)
-        else:
-            new_stats: dict[int, list[tf.Tensor]] = {}
-            features = self._features(
-                self._read_backbone(),
-                task_state["backbone"],
-                images,
-                self.inner_steps,
-                training,
-                new_stats,
-            )
-            if new_stats:
-                self._assign_stats(new_stats)
-        return features, self._linear(features, task_state["head"])
-
-    def predict(self, task_state, query_images, training=False):
-        """The adapted actor's outputs on the query images (the critic plays no part here)."""
-        return self._features_and_outputs(task_state, query_images, training)[1]
-
     def meta_train_loss(self, episode: Episode) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """Query loss through the critic-driven adaptation, plus the critic's value regression."""
         state = self.adapt(
             episode.support_images, episode.support_labels, self.task.n_way, training=True
         )
         context = self._last_context
-        features, outputs = self._features_and_outputs(state, episode.query_images, training=True)
+        features = self.query_features(state, episode.query_images, training=True)
+        outputs = self._linear(features, state["head"])
         loss, metrics = task_loss(self.task, outputs, episode.query_labels)
         # The critic regression teaches the critic only: the actor's outputs
         # and the target are fixed here.
