@@ -36,7 +36,15 @@ setup(
         "matplotlib>=3.5",  # cell pictures and search-progress plots (no system graphviz)
         "grpcio",  # distributed search: the chief serves keras-tuner's oracle over gRPC
     ],
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.5"]},
+    extras_require={
+        "test": [
+            # pytest 9.2 keeps node ids in a new field, so xdist's --dist=loadgroup silently
+            # stops grouping (pytest-dev/pytest-xdist#1386) and module fixtures run twice.
+            "pytest>=7,<9.2",
+            "pytest-xdist>=3",
+            "ruff>=0.5",
+        ]
+    },
     entry_points={
         "console_scripts": ["metasearch = metasearch.cli:run"],
         "metasearch.plugins": [

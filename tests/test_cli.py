@@ -23,6 +23,15 @@ def _assert_usage_error(result, *fragments):
 pytestmark = pytest.mark.xdist_group("cli")
 
 
+def test_the_module_is_grouped_on_one_worker(request):
+    # pytest 9.2 made --dist=loadgroup stop grouping without a word (pytest-xdist#1386):
+    # every module fixture then runs once per worker and the suite slows by minutes.
+    if getattr(request.config.option, "loadgroup", False):
+        assert request.node.nodeid.endswith("@cli"), (
+            f"pytest-xdist did not group {request.node.nodeid}: install the test extra's pytest"
+        )
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
