@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -39,3 +41,28 @@ def run_cli(*args, env=None, timeout=300, cwd=None) -> subprocess.CompletedProce
 
 def read_json(path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def run_cli_in_process(*args) -> subprocess.CompletedProcess:
+    """Runs `metasearch ARGS` in this process, as its console script does.
+
+    For refusals and short commands: in a fresh process they cost little but TensorFlow's
+    start (seconds each). `test_cli` checks with real processes that a refusal is still
+    one line on stderr once TensorFlow's own start-up output is there; searches run in
+    real processes. Every flag is reset before and after, so runs do not leak.
+    """
+    from metasearch import cli
+    from metasearch import flags as ms_flags
+
+    argv = ["metasearch", *map(str, args)]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    ms_flags.FLAGS.unparse_flags()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            cli.main(cli._parse_flags(argv))
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    finally:
+        ms_flags.FLAGS.unparse_flags()
+    return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())

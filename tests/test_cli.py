@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_support import TINY, read_json, run_cli
+from cli_support import TINY, read_json, run_cli, run_cli_in_process
 
 
 def _assert_usage_error(result, *fragments):
@@ -90,7 +90,9 @@ def test_flagfile_repeats_the_run_and_reexport_works(finished_run, tmp_path):
 
 def test_sample_needs_a_generative_plugin(finished_run, tmp_path):
     out, _ = finished_run
-    result = run_cli("sample", f"--output_dir={out}", f"--sample_png={tmp_path / 'g.png'}")
+    result = run_cli_in_process(
+        "sample", f"--output_dir={out}", f"--sample_png={tmp_path / 'g.png'}"
+    )
     _assert_usage_error(result, "--output_dir", "'protonet' does not generate images")
     assert not (tmp_path / "g.png").exists()
 
@@ -100,7 +102,7 @@ def test_different_configuration_is_refused_unless_overwrite(finished_run, tmp_p
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     before = _snapshot(copy)
-    refused = run_cli(*TINY, "--max_trials=2", "--n_way=3", f"--output_dir={copy}")
+    refused = run_cli_in_process(*TINY, "--max_trials=2", "--n_way=3", f"--output_dir={copy}")
     _assert_usage_error(
         refused, "--output_dir", "different configuration", "--n_way: 5 -> 3", "--overwrite"
     )
@@ -129,25 +131,45 @@ def test_bad_flags_give_one_line_and_exit_2_without_touching_a_run(
     shutil.copytree(out, copy)
     before = _snapshot(copy)
     args = [a for a in TINY if not a.startswith(flag.split("=")[0] + "=")]
-    result = run_cli(*args, "--max_trials=2", flag, f"--output_dir={copy}")
+    result = run_cli_in_process(*args, "--max_trials=2", flag, f"--output_dir={copy}")
     _assert_usage_error(result, *fragments)
     assert _snapshot(copy) == before
 
 
+@pytest.mark.parametrize(
+    "flag, fragments",
+    [
+        ("--plugin=nope", ["--plugin", "'nope'", "known:"]),  # refused before TensorFlow starts
+        (
+            "--n_way=40",
+            ["--n_way=40", "meta-val", "only 6 classes"],
+        ),  # refused once the data are loaded
+    ],
+)
+def test_a_refusal_in_a_fresh_process_is_one_line_on_stderr(tmp_path, flag, fragments):
+    # The other refusals run in process; this is the process-level contract: TensorFlow's
+    # C++ start-up output and absl's handlers add nothing to stderr but the error.
+    args = [a for a in TINY if not a.startswith(flag.split("=")[0] + "=")]
+    result = run_cli(*args, flag, f"--output_dir={tmp_path / 'o'}")
+    _assert_usage_error(result, *fragments)
+
+
 def test_k_shot_plus_n_query_above_images_per_class(tmp_path):
-    result = run_cli(*TINY, "--k_shot=15", "--n_query=6", f"--output_dir={tmp_path / 'o'}")
+    result = run_cli_in_process(
+        *TINY, "--k_shot=15", "--n_query=6", f"--output_dir={tmp_path / 'o'}"
+    )
     _assert_usage_error(result, "--k_shot + --n_query = 21", "only 20 images")
 
 
 def test_missing_data_dir(tmp_path):
-    result = run_cli(
+    result = run_cli_in_process(
         *TINY,
         "--dataset=omniglot",
         f"--data_dir={tmp_path / 'none'}",
         f"--output_dir={tmp_path / 'o'}",
     )
     _assert_usage_error(result, "--data_dir", "is not a directory")
-    result = run_cli(*TINY, "--dataset=omniglot", f"--output_dir={tmp_path / 'o'}")
+    result = run_cli_in_process(*TINY, "--dataset=omniglot", f"--output_dir={tmp_path / 'o'}")
     _assert_usage_error(result, "--data_dir")
 
 
@@ -156,7 +178,7 @@ def test_truncated_zip_and_non_image_file(omniglot_dir, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "images_background_small1.zip").write_bytes(data[: len(data) * 2 // 3])
-    result = run_cli(
+    result = run_cli_in_process(
         *TINY, "--dataset=omniglot", f"--data_dir={broken}", f"--output_dir={tmp_path / 'o1'}"
     )
     _assert_usage_error(result, "images_background_small1.zip")
@@ -168,7 +190,7 @@ def test_truncated_zip_and_non_image_file(omniglot_dir, tmp_path):
         zf.extractall(unpacked)
     bad = unpacked / "images_background_small1" / "Greek" / "character03" / "notes.png"
     bad.write_bytes(b"\x00\x01 not a png")
-    result = run_cli(
+    result = run_cli_in_process(
         *TINY, "--dataset=omniglot", f"--data_dir={unpacked}", f"--output_dir={tmp_path / 'o2'}"
     )
     _assert_usage_error(result, "notes.png", "not a readable image")
@@ -177,13 +199,13 @@ def test_truncated_zip_and_non_image_file(omniglot_dir, tmp_path):
 def test_unwritable_output_dir(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("I am a file, not a folder")
-    result = run_cli(*TINY, f"--output_dir={blocker / 'out'}")
+    result = run_cli_in_process(*TINY, f"--output_dir={blocker / 'out'}")
     _assert_usage_error(result, "--output_dir", "cannot write")
     assert blocker.read_text() == "I am a file, not a folder"
     if os.geteuid() != 0:  # root writes anywhere, so only a non-root user sees this
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        result = run_cli(*TINY, f"--output_dir={locked / 'out'}")
+        result = run_cli_in_process(*TINY, f"--output_dir={locked / 'out'}")
         _assert_usage_error(result, "--output_dir", "cannot write")
 
 

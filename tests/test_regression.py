@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cli_support import read_json, run_cli
+from cli_support import read_json, run_cli, run_cli_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def test_sinusoid_search_minimises_mse_and_exports_adapt_and_predict(tmp_path):
 
 
 def test_a_classification_only_plugin_refuses_a_regression_data_set(tmp_path):
-    result = run_cli(*SINE, "--plugin=protonet", f"--output_dir={tmp_path / 'o'}")
+    result = run_cli_in_process(*SINE, "--plugin=protonet", f"--output_dir={tmp_path / 'o'}")
     assert result.returncode == 2
     message = result.stderr.strip().splitlines()[-1]
     assert "--plugin=protonet" in message and "regression" in message

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_support import REPO, TINY, read_json, run_cli
+from cli_support import REPO, TINY, read_json, run_cli, run_cli_in_process
 
 NB201_TABLE = (REPO / ".." / "shared" / "data" / "nasbench201" / "nb201_val_accuracy.csv").resolve()
 needs_table = pytest.mark.skipif(not NB201_TABLE.exists(), reason=f"no table at {NB201_TABLE}")
@@ -50,14 +50,16 @@ def test_table_scored_search_reads_accuracies_and_trains_nothing(strategy, tmp_p
 def test_bad_table_flags_fail_with_one_line(args, expected, tmp_path):
     if "--table=" + str(NB201_TABLE) in args and not NB201_TABLE.exists():
         pytest.skip("no NAS-Bench-201 table")
-    result = run_cli("--search_space=nasbench201", *args, f"--output_dir={tmp_path / 'o'}")
+    result = run_cli_in_process(
+        "--search_space=nasbench201", *args, f"--output_dir={tmp_path / 'o'}"
+    )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert expected in result.stderr
 
 
 def test_table_needs_a_space_with_a_table(tmp_path):
-    result = run_cli(
+    result = run_cli_in_process(
         "--search_space=conv_blocks", "--evaluator=table", f"--table={tmp_path / 't.csv'}"
     )
     assert result.returncode == 2
@@ -119,7 +121,7 @@ def test_hyperband_promotes_trials_that_continue_from_their_parents(tmp_path):
     ],
 )
 def test_flags_for_other_components_are_refused_not_ignored(args, expected, tmp_path):
-    result = run_cli(*args, f"--output_dir={tmp_path / 'o'}")
+    result = run_cli_in_process(*args, f"--output_dir={tmp_path / 'o'}")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert expected in result.stderr
