@@ -161,15 +161,21 @@ def test_k_shot_plus_n_query_above_images_per_class(tmp_path):
     _assert_usage_error(result, "--k_shot + --n_query = 21", "only 20 images")
 
 
+# TINY sizes the built-in glyphs; its --glyphs_classes would be refused with omniglot.
+OMNIGLOT_TINY = [a for a in TINY if not a.startswith("--glyphs_")]
+
+
 def test_missing_data_dir(tmp_path):
     result = run_cli_in_process(
-        *TINY,
+        *OMNIGLOT_TINY,
         "--dataset=omniglot",
         f"--data_dir={tmp_path / 'none'}",
         f"--output_dir={tmp_path / 'o'}",
     )
     _assert_usage_error(result, "--data_dir", "is not a directory")
-    result = run_cli_in_process(*TINY, "--dataset=omniglot", f"--output_dir={tmp_path / 'o'}")
+    result = run_cli_in_process(
+        *OMNIGLOT_TINY, "--dataset=omniglot", f"--output_dir={tmp_path / 'o'}"
+    )
     _assert_usage_error(result, "--data_dir")
 
 
@@ -179,7 +185,10 @@ def test_truncated_zip_and_non_image_file(omniglot_dir, tmp_path):
     broken.mkdir()
     (broken / "images_background_small1.zip").write_bytes(data[: len(data) * 2 // 3])
     result = run_cli_in_process(
-        *TINY, "--dataset=omniglot", f"--data_dir={broken}", f"--output_dir={tmp_path / 'o1'}"
+        *OMNIGLOT_TINY,
+        "--dataset=omniglot",
+        f"--data_dir={broken}",
+        f"--output_dir={tmp_path / 'o1'}",
     )
     _assert_usage_error(result, "images_background_small1.zip")
 
@@ -191,7 +200,10 @@ def test_truncated_zip_and_non_image_file(omniglot_dir, tmp_path):
     bad = unpacked / "images_background_small1" / "Greek" / "character03" / "notes.png"
     bad.write_bytes(b"\x00\x01 not a png")
     result = run_cli_in_process(
-        *TINY, "--dataset=omniglot", f"--data_dir={unpacked}", f"--output_dir={tmp_path / 'o2'}"
+        *OMNIGLOT_TINY,
+        "--dataset=omniglot",
+        f"--data_dir={unpacked}",
+        f"--output_dir={tmp_path / 'o2'}",
     )
     _assert_usage_error(result, "notes.png", "not a readable image")
 

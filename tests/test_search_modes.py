@@ -118,6 +118,14 @@ def test_hyperband_promotes_trials_that_continue_from_their_parents(tmp_path):
         (["--nasnet_blocks=3"], "--nasnet_blocks: applies only with --search_space=nasnet"),
         (["--strategy=evolution", "--hyperband_factor=2"], "--strategy=hyperband"),
         (["--table_column=cifar100_val"], "--table_column: applies only with --evaluator=table"),
+        (
+            ["--omniglot_rotations=train"],
+            "--omniglot_rotations: applies only with --dataset=omniglot",
+        ),
+        (
+            ["--dataset=sinusoid", "--search_space=mlp", "--plugin=maml", "--n_way=20"],
+            "--n_way: applies only with a classification data set (--dataset=sinusoid is",
+        ),
     ],
 )
 def test_flags_for_other_components_are_refused_not_ignored(args, expected, tmp_path):
