@@ -841,72 +841,93 @@ def learner_signatures(learner: MetaLearner, task: TaskSpec) -> dict[str, str]:
     return signatures
 
 
+class FinishedRun:
+    """A run read back from its output directory, to rebuild and use its trials.
+
+    `config` is the resolved configuration the run wrote (`config.json`), `data`
+    its data description (`dataset.json`: normalisation, channels or, for
+    regression, input shape), `components` the registered classes it used.
+    Table-scored runs are refused: their trials have no weights.
+    """
+
+    def __init__(self, output_dir: str):
+        config_path = os.path.join(output_dir, "config.json")
+        if not os.path.exists(config_path):
+            raise UsageError(f"--output_dir: {output_dir} holds no metasearch run (no config.json)")
+        config = read_json(config_path)["config"]
+        if config.get("evaluator", "train") != "train":
+            raise UsageError(
+                f"--output_dir: {output_dir} was scored from a table; its trials have no weights "
+                "to export (their genotypes are in results.json)"
+            )
+        self.output_dir = output_dir
+        self.config: dict[str, Any] = config
+        self.data: dict[str, Any] = read_json(os.path.join(output_dir, "dataset.json"))
+        self.components = Components(
+            config["plugin"], config["search_space"], config["dataset"], config.get("space_options")
+        )
+
+    def trial(self, trial_id: str) -> dict[str, Any]:
+        """The finished trial `trial_id` (or `"best"`), as its results record."""
+        return choose_trial(self.output_dir, trial_id, collect_results(self.output_dir))
+
+    def dataset_options(self, data_dir: str | None = None) -> DatasetOptions:
+        """The options the run loaded its data set with; `data_dir` overrides its own."""
+        return DatasetOptions(
+            data_dir=data_dir or self.config.get("data_dir"),
+            image_size=self.config["image_size"],
+            seed=self.config["seed"],
+            options=self.config.get("dataset_options", {}),
+        )
+
+    def rebuild(self, chosen: dict[str, Any]) -> tuple[MetaLearner, TaskSpec]:
+        """The learner of trial record `chosen` with its trained weights, and its task."""
+        config, data = self.config, self.data
+        weights_path = os.path.join(
+            self.output_dir, PROJECT_NAME, f"trial_{chosen['trial_id']}", WEIGHTS_FILE
+        )
+        if not os.path.exists(weights_path):
+            raise UsageError(
+                f"--trial={chosen['trial_id']}: its weights are missing ({weights_path})"
+            )
+        if data.get("kind") == REGRESSION:
+            task = TaskSpec(
+                n_way=1,
+                k_shot=config["k_shot"],
+                n_query=config["n_query"],
+                image_shape=tuple(data["input_shape"]),
+                kind=REGRESSION,
+                target_dim=data["target_dim"],
+            )
+        else:
+            task = TaskSpec(
+                n_way=config["train_n_way"],
+                k_shot=config["k_shot"],
+                n_query=config["n_query"],
+                image_shape=(config["image_size"], config["image_size"], data["channels"]),
+            )
+        sampled = {
+            "architecture": chosen["architecture_config"],
+            "plugin": chosen["plugin_config"],
+            "learning_rate": chosen["hyperparameters"].get("train/learning_rate", 1e-3),
+        }
+        keras.backend.clear_session()
+        learner = self.components.build_learner(sampled, task)
+        build_from_shapes(learner, task, data["normalization"])
+        load_weights(learner, weights_path)
+        return learner, task
+
+
 def restore_trial(output_dir: str, trial_id: str = "best"):
     """Rebuilds a finished trial's learner with its trained weights.
 
     Returns `(learner, search space, architecture config)`; `trial_id` may be
     `"best"`. The run's description (`config.json`, `dataset.json`) says how.
     """
-    run = _read_run(output_dir)
-    chosen = choose_trial(output_dir, trial_id, collect_results(output_dir))
-    components = _run_components(run)
-    learner, _ = _rebuild(output_dir, run, components, chosen)
-    return learner, components.space, chosen["architecture_config"]
-
-
-def _read_run(output_dir: str) -> dict[str, Any]:
-    config_path = os.path.join(output_dir, "config.json")
-    if not os.path.exists(config_path):
-        raise UsageError(f"--output_dir: {output_dir} holds no metasearch run (no config.json)")
-    config = read_json(config_path)["config"]
-    if config.get("evaluator", "train") != "train":
-        raise UsageError(
-            f"--output_dir: {output_dir} was scored from a table; its trials have no weights "
-            "to export (their genotypes are in results.json)"
-        )
-    return {"config": config, "data": read_json(os.path.join(output_dir, "dataset.json"))}
-
-
-def _run_components(run: dict[str, Any]) -> Components:
-    config = run["config"]
-    return Components(
-        config["plugin"], config["search_space"], config["dataset"], config.get("space_options")
-    )
-
-
-def _rebuild(output_dir: str, run: dict[str, Any], components: Components, chosen: dict[str, Any]):
-    config, data = run["config"], run["data"]
-    weights_path = os.path.join(
-        output_dir, PROJECT_NAME, f"trial_{chosen['trial_id']}", WEIGHTS_FILE
-    )
-    if not os.path.exists(weights_path):
-        raise UsageError(f"--trial={chosen['trial_id']}: its weights are missing ({weights_path})")
-    if data.get("kind") == REGRESSION:
-        task = TaskSpec(
-            n_way=1,
-            k_shot=config["k_shot"],
-            n_query=config["n_query"],
-            image_shape=tuple(data["input_shape"]),
-            kind=REGRESSION,
-            target_dim=data["target_dim"],
-        )
-    else:
-        task = TaskSpec(
-            n_way=config["train_n_way"],
-            k_shot=config["k_shot"],
-            n_query=config["n_query"],
-            image_shape=(config["image_size"], config["image_size"], data["channels"]),
-        )
-    sampled = {
-        "architecture": chosen["architecture_config"],
-        "plugin": chosen["plugin_config"],
-        "learning_rate": chosen["hyperparameters"].get("train/learning_rate", 1e-3),
-    }
-    keras.backend.clear_session()
-    learner = components.build_learner(sampled, task)
-    build_from_shapes(learner, task, data["normalization"])
-    load_weights(learner, weights_path)
-    return learner, task
+    run = FinishedRun(output_dir)
+    chosen = run.trial(trial_id)
+    learner, _ = run.rebuild(chosen)
+    return learner, run.components.space, chosen["architecture_config"]
 
 
 def export_trial(
@@ -936,16 +957,15 @@ def export_kinds(
 
     `export_dir` (for a single kind) replaces the default `RUN/export/{best,trial_ID}_KIND`.
     """
-    run = _read_run(output_dir)
-    config, data = run["config"], run["data"]
-    chosen = choose_trial(output_dir, trial_id, collect_results(output_dir))
-    components = _run_components(run)
+    run = FinishedRun(output_dir)
+    config, data, components = run.config, run.data, run.components
+    chosen = run.trial(trial_id)
     if "cell" in kinds and not components.space.cell_graphs(chosen["architecture_config"]):
         raise UsageError(
             f"--what=cell: search space {config['search_space']} has no cells; "
             "export the learner (--what=learner)"
         )
-    learner, task = _rebuild(output_dir, run, components, chosen)
+    learner, task = run.rebuild(chosen)
     metadata = {
         "format": 1,
         "trial_id": chosen["trial_id"],

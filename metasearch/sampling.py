@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from metasearch import controller
-from metasearch.api import DatasetOptions, MetaLearner
+from metasearch.api import MetaLearner
 from metasearch.data.preprocess import normalize
 from metasearch.errors import UsageError
 
@@ -103,22 +103,14 @@ def sample_run(
             raise UsageError(f"--{flag}: must be at least 1, got {value}")
     if samples_per_class < 1:
         raise UsageError(f"--samples_per_class: must be at least 1, got {samples_per_class}")
-    run = controller._read_run(output_dir)
-    config = run["config"]
-    components = controller._run_components(run)
-    if not getattr(components.plugin, "GENERATIVE", False):
+    run = controller.FinishedRun(output_dir)
+    if not getattr(run.components.plugin, "GENERATIVE", False):
         raise UsageError(
-            f"--output_dir: the run's plugin {config['plugin']!r} does not generate images; "
+            f"--output_dir: the run's plugin {run.config['plugin']!r} does not generate images; "
             "sample needs a generative plugin such as neural_statistician"
         )
-    chosen = controller.choose_trial(output_dir, trial_id, controller.collect_results(output_dir))
-    options = DatasetOptions(
-        data_dir=data_dir or config.get("data_dir"),
-        image_size=config["image_size"],
-        seed=config["seed"],
-        options=config.get("dataset_options", {}),
-    )
-    test = components.dataset(options).load().test
+    chosen = run.trial(trial_id)
+    test = run.components.dataset(run.dataset_options(data_dir)).load().test
     if shots > test.images_per_class:
         raise UsageError(
             f"--sample_shots: {shots} exceeds the {test.images_per_class} images per class"
@@ -126,7 +118,7 @@ def sample_run(
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(test.num_classes, min(classes, test.num_classes), replace=False))
     given = test.images[picked, :shots]
-    learner, _ = controller._rebuild(output_dir, run, components, chosen)
+    learner, _ = run.rebuild(chosen)
     normalization = tuple(run["data"]["normalization"])
     generated = generate_images(learner, given, normalization, samples_per_class, seed)
     name = "best" if trial_id == "best" else f"trial_{chosen['trial_id']}"
