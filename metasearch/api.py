@@ -312,6 +312,22 @@ def feature_dim(backbone: keras.layers.Layer, task: TaskSpec) -> int:
     return int(backbone(tf.zeros([1, *task.image_shape]), training=False).shape[-1])
 
 
+def projection_layer(dim: int) -> keras.layers.Layer | None:
+    """A linear projection of backbone features to `dim` (an `embedding_dim`); None for 0."""
+    return keras.layers.Dense(int(dim), name="projection") if dim else None
+
+
+def project(
+    backbone: keras.layers.Layer,
+    projection: keras.layers.Layer | None,
+    images: tf.Tensor,
+    training: bool = False,
+) -> tf.Tensor:
+    """Features `[n, d]` of `images`: the backbone's, through `projection` if there is one."""
+    features = backbone(images, training=training)
+    return features if projection is None else projection(features)
+
+
 def accuracy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Mean top-1 accuracy of `logits [n, c]` against int labels `[n]`."""
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)

@@ -37,7 +37,15 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
-from metasearch.api import Config, MetaLearner, TaskSpec, accuracy, feature_dim
+from metasearch.api import (
+    Config,
+    MetaLearner,
+    TaskSpec,
+    accuracy,
+    feature_dim,
+    project,
+    projection_layer,
+)
 
 # 0 keeps the backbone's features as they are.
 EMBEDDING_DIMS = (0, 64, 128)
@@ -88,7 +96,7 @@ class MatchingNetworks(MetaLearner):
         if self.fce_steps < 1:
             raise ValueError(f"matching: fce_steps must be at least 1, got {self.fce_steps}")
         dim = int(config.get("embedding_dim", 0))
-        self.projection = keras.layers.Dense(dim, name="projection") if dim else None
+        self.projection = projection_layer(dim)
         # Cosine similarities live in [-1, 1]; a learned scale lets the
         # softmax become confident. Stored as a log for positivity.
         self.log_temperature = self.add_weight(
@@ -111,10 +119,7 @@ class MatchingNetworks(MetaLearner):
             self.query_cell = keras.layers.LSTMCell(units, name="query_lstm")
 
     def embed(self, images, training=False):
-        features = self.backbone(images, training=training)
-        if self.projection is not None:
-            features = self.projection(features)
-        return features
+        return project(self.backbone, self.projection, images, training)
 
     def adapt(self, support_images, support_labels, num_classes, training=False):
         embeddings = self.embed(support_images, training=training)

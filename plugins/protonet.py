@@ -16,7 +16,7 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
-from metasearch.api import Config, MetaLearner, TaskSpec, accuracy
+from metasearch.api import Config, MetaLearner, TaskSpec, accuracy, project, projection_layer
 
 METRICS = ("sqeuclidean", "cosine")
 # 0 keeps the backbone's features as they are.
@@ -58,7 +58,7 @@ class PrototypicalNetworks(MetaLearner):
         if self.metric not in METRICS:
             raise ValueError(f"protonet: unknown metric {self.metric!r}; known: {METRICS}")
         dim = int(config.get("embedding_dim", 0))
-        self.projection = keras.layers.Dense(dim, name="projection") if dim else None
+        self.projection = projection_layer(dim)
         if self.metric == "cosine":
             # Cosine similarities live in [-1, 1]; a learned scale lets the
             # softmax become confident. Stored as a log for positivity.
@@ -69,10 +69,7 @@ class PrototypicalNetworks(MetaLearner):
             )
 
     def embed(self, images, training=False):
-        features = self.backbone(images, training=training)
-        if self.projection is not None:
-            features = self.projection(features)
-        return features
+        return project(self.backbone, self.projection, images, training)
 
     def adapt(self, support_images, support_labels, num_classes, training=False):
         embeddings = self.embed(support_images, training=training)

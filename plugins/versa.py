@@ -78,6 +78,8 @@ from metasearch.api import (
     TaskSpec,
     accuracy,
     feature_dim,
+    project,
+    projection_layer,
 )
 
 tfd = tfp.distributions
@@ -170,7 +172,7 @@ class Versa(MetaLearner):
         ):
             if value not in known:
                 raise ValueError(f"versa: unknown {key} {value!r}; known: {known}")
-        self.projection = keras.layers.Dense(dim, name="projection") if dim else None
+        self.projection = projection_layer(dim)
         self.feature_dim = dim or feature_dim(backbone, task)
         self.seed_generator = keras.random.SeedGenerator(name="versa_seed")
         log_scale = keras.initializers.Constant(math.log(INITIAL_RELATIVE_SCALE))
@@ -205,10 +207,7 @@ class Versa(MetaLearner):
 
     def embed(self, images, training=False):
         """Features `[n, d]`: the backbone, then the projection if any."""
-        features = self.backbone(images, training=training)
-        if self.projection is not None:
-            features = self.projection(features)
-        return features
+        return project(self.backbone, self.projection, images, training)
 
     # Amortization: support features to the head's Gaussian.
 
