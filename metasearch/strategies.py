@@ -34,8 +34,8 @@ from keras_tuner.src.tuners import gridsearch
 from scipy import stats
 
 from metasearch.errors import UsageError
+from metasearch.flags import STRATEGIES  # the one list, also --strategy's choices
 
-STRATEGIES = ("random", "bayesian", "grid", "hyperband", "evolution", "controller")
 RUNNING, IDLE, STOPPED = "RUNNING", "IDLE", "STOPPED"
 # How many candidates in a row the constraint may reject before the search stops.
 MAX_FILTER_ATTEMPTS = 100
