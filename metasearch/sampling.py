@@ -119,7 +119,7 @@ def sample_run(
     picked = np.sort(rng.choice(test.num_classes, min(classes, test.num_classes), replace=False))
     given = test.images[picked, :shots]
     learner, _ = run.rebuild(chosen)
-    normalization = tuple(run["data"]["normalization"])
+    normalization = tuple(run.data["normalization"])
     generated = generate_images(learner, given, normalization, samples_per_class, seed)
     name = "best" if trial_id == "best" else f"trial_{chosen['trial_id']}"
     target = png_path or os.path.join(output_dir, f"samples_{name}.png")
