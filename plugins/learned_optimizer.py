@@ -52,7 +52,6 @@ import keras_tuner
 import tensorflow as tf
 
 from metasearch import inner_loop
-from metasearch.api import Config, TaskSpec
 from metasearch.plugins import maml
 
 DEFAULT_HIDDEN_UNITS = 20
@@ -237,32 +236,18 @@ class LearnedOptimizerLearner(maml.GradientMetaLearner):
     """MAML whose inner loop is a meta-learned coordinate-wise LSTM optimiser."""
 
     NAME = "learned_optimizer"
+    INNER_OPTIMIZER = "learned"
 
     @classmethod
-    def sample_config(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
-        name = cls.NAME
+    def sample_update_rule(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
+        """The LSTM's width and output scale, in place of a step size."""
         return {
-            "inner_steps": hp.Choice(f"{name}/inner_steps", list(maml.INNER_STEPS), default=1),
-            "eval_inner_steps": hp.Choice(
-                f"{name}/eval_inner_steps", list(maml.EVAL_INNER_STEPS), default=3
-            ),
             "optimizer_hidden_units": hp.Choice(
-                f"{name}/optimizer_hidden_units", list(HIDDEN_UNITS), default=DEFAULT_HIDDEN_UNITS
+                f"{cls.NAME}/optimizer_hidden_units",
+                list(HIDDEN_UNITS),
+                default=DEFAULT_HIDDEN_UNITS,
             ),
-            "output_scale": hp.Choice(f"{name}/output_scale", list(OUTPUT_SCALES), default=0.01),
-            "batch_norm": hp.Choice(
-                f"{name}/batch_norm", list(maml.BATCH_NORM_MODES), default="transductive"
+            "output_scale": hp.Choice(
+                f"{cls.NAME}/output_scale", list(OUTPUT_SCALES), default=0.01
             ),
-            "head_init": hp.Choice(f"{name}/head_init", list(maml.HEAD_INITS), default="learned"),
-            "first_order": hp.Boolean(f"{name}/first_order", default=False),
         }
-
-    def __init__(self, backbone: keras.layers.Layer, config: Config, task: TaskSpec, **kwargs):
-        config = dict(config)
-        if config.setdefault("inner_optimizer", "learned") != "learned":
-            raise ValueError(
-                f"{self.NAME}: the inner optimiser is always the LSTM, "
-                f"got inner_optimizer={config['inner_optimizer']!r}"
-            )
-        config.setdefault("output_scale", 0.01)
-        super().__init__(backbone, config, task, **kwargs)

@@ -84,6 +84,9 @@ class GradientMetaLearner(MetaLearner):
     the order, None to search it. `LEARNED_STEP_SIZES` learns a step size per
     coordinate (Meta-SGD). `HEAD_ONLY` adapts the head alone (ANIL).
     `DEFAULT_HEAD_INIT` is the default of the searched head initialisation.
+    `INNER_OPTIMIZER` is "sgd" or "learned" to fix the inner update rule, None
+    to search it (Meta-SGD's step sizes are its own rule: never searched);
+    `sample_update_rule` declares the chosen rule's own hyperparameters.
     """
 
     NAME = "maml"
@@ -91,6 +94,7 @@ class GradientMetaLearner(MetaLearner):
     LEARNED_STEP_SIZES = False
     HEAD_ONLY = False
     DEFAULT_HEAD_INIT = "learned"
+    INNER_OPTIMIZER: str | None = None
     TASK_KINDS = (CLASSIFICATION, REGRESSION)
 
     @classmethod
@@ -103,9 +107,7 @@ class GradientMetaLearner(MetaLearner):
             "eval_inner_steps": hp.Choice(
                 f"{name}/eval_inner_steps", list(EVAL_INNER_STEPS), default=3
             ),
-            "inner_learning_rate": hp.Choice(
-                f"{name}/inner_learning_rate", list(INNER_LEARNING_RATES), default=0.01
-            ),
+            **cls.sample_update_rule(hp),
             "batch_norm": hp.Choice(
                 f"{name}/batch_norm", list(BATCH_NORM_MODES), default="transductive"
             ),
@@ -115,12 +117,20 @@ class GradientMetaLearner(MetaLearner):
         }
         if cls.FIRST_ORDER is None:
             config["first_order"] = hp.Boolean(f"{name}/first_order", default=False)
-        if not cls.LEARNED_STEP_SIZES:
-            # Meta-SGD's per-coordinate step sizes are its own learned optimiser.
+        if cls.INNER_OPTIMIZER is None and not cls.LEARNED_STEP_SIZES:
             config["inner_optimizer"] = hp.Choice(
                 f"{name}/inner_optimizer", list(INNER_OPTIMIZERS), default="sgd"
             )
         return config
+
+    @classmethod
+    def sample_update_rule(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
+        """The inner update rule's hyperparameters: the step size of gradient descent."""
+        return {
+            "inner_learning_rate": hp.Choice(
+                f"{cls.NAME}/inner_learning_rate", list(INNER_LEARNING_RATES), default=0.01
+            )
+        }
 
     def __init__(self, backbone: keras.layers.Layer, config: Config, task: TaskSpec, **kwargs):
         super().__init__(backbone, config, task, **kwargs)
@@ -128,7 +138,7 @@ class GradientMetaLearner(MetaLearner):
         self.eval_inner_steps = int(config.get("eval_inner_steps", 3))
         self.inner_learning_rate = float(config.get("inner_learning_rate", 0.01))
         self.batch_norm = config.get("batch_norm", "transductive")
-        self.head_init = config.get("head_init", "learned")
+        self.head_init = config.get("head_init", self.DEFAULT_HEAD_INIT)
         if self.FIRST_ORDER is None:
             self.first_order = bool(config.get("first_order", False))
         else:
@@ -141,11 +151,16 @@ class GradientMetaLearner(MetaLearner):
                 raise ValueError(f"{self.NAME}: unknown {key} {value!r}; known: {known}")
         if self.inner_steps < 1 or self.eval_inner_steps < 0:
             raise ValueError(f"{self.NAME}: inner steps must be >= 1 (evaluation: >= 0)")
-        self.inner_optimizer = config.get("inner_optimizer", "sgd")
+        self.inner_optimizer = config.get("inner_optimizer", self.INNER_OPTIMIZER or "sgd")
         if self.inner_optimizer not in INNER_OPTIMIZERS:
             raise ValueError(
                 f"{self.NAME}: unknown inner_optimizer {self.inner_optimizer!r}; "
                 f"known: {INNER_OPTIMIZERS}"
+            )
+        if self.INNER_OPTIMIZER not in (None, self.inner_optimizer):
+            raise ValueError(
+                f"{self.NAME}: the inner optimiser is always {self.INNER_OPTIMIZER!r}, "
+                f"got inner_optimizer={self.inner_optimizer!r}"
             )
         if self.inner_optimizer == "learned":
             if self.LEARNED_STEP_SIZES:

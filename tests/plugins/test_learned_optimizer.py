@@ -153,7 +153,7 @@ def test_inner_optimizer_is_declared_for_maml_fomaml_and_anil_but_not_metasgd():
         MetaSGD(backbone, {"inner_optimizer": "learned"}, task)
     with pytest.raises(ValueError, match="unknown inner_optimizer"):
         MAML(backbone, {"inner_optimizer": "adam"}, task)
-    with pytest.raises(ValueError, match="always the LSTM"):
+    with pytest.raises(ValueError, match="inner optimiser is always 'learned'"):
         LearnedOptimizerLearner(backbone, {"inner_optimizer": "sgd"}, task)
 
 
@@ -163,6 +163,8 @@ def test_learned_optimizer_plugin_declares_its_hyperparameters():
     names = {p.name for p in hp.space}
     assert all(name.startswith("learned_optimizer/") for name in names)
     assert {"optimizer_hidden_units", "output_scale", "inner_steps"} <= set(config)
+    # The LSTM replaces the step size, and there is no rule left to choose.
+    assert not {"inner_learning_rate", "inner_optimizer"} & set(config)
     learner = conformance.build_learner(
         LearnedOptimizerLearner,
         ConvBlocks(),
