@@ -312,6 +312,18 @@ def feature_dim(backbone: keras.layers.Layer, task: TaskSpec) -> int:
     return int(backbone(tf.zeros([1, *task.image_shape]), training=False).shape[-1])
 
 
+def class_means(embeddings: tf.Tensor, labels: tf.Tensor, num_classes) -> tf.Tensor:
+    """Per-class mean of `embeddings [n, d]`: `[num_classes, d]`.
+
+    A one-hot matmul rather than a segment op: XLA compiles it when
+    `num_classes` is a Python int, and it runs with a tensor `num_classes`.
+    """
+    one_hot = tf.one_hot(labels, num_classes, dtype=embeddings.dtype)
+    counts = tf.reduce_sum(one_hot, axis=0)
+    sums = tf.matmul(one_hot, embeddings, transpose_a=True)
+    return sums / tf.maximum(counts, 1.0)[:, None]
+
+
 def projection_layer(dim: int) -> keras.layers.Layer | None:
     """A linear projection of backbone features to `dim` (an `embedding_dim`); None for 0."""
     return keras.layers.Dense(int(dim), name="projection") if dim else None

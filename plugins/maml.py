@@ -65,6 +65,7 @@ from metasearch.api import (
     Config,
     MetaLearner,
     TaskSpec,
+    class_means,
     feature_dim,
     task_loss,
 )
@@ -343,9 +344,7 @@ class GradientMetaLearner(MetaLearner):
         columns = self.outputs if self.task.is_regression else num_classes
         if self.head_init == "zero":
             return [tf.zeros([self.feature_dim, columns]), tf.zeros([columns])]
-        one_hot = tf.one_hot(support_labels, num_classes, dtype=support_features.dtype)
-        counts = tf.maximum(tf.reduce_sum(one_hot, axis=0), 1.0)
-        prototypes = tf.matmul(one_hot, support_features, transpose_a=True) / counts[:, None]
+        prototypes = class_means(support_features, support_labels, num_classes)
         return [2.0 * tf.transpose(prototypes), -tf.reduce_sum(tf.square(prototypes), axis=1)]
 
     def _optimizer(self, num_classes) -> inner_loop.InnerOptimizer:

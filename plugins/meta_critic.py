@@ -72,10 +72,16 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
-from metasearch.api import CLASSIFICATION, REGRESSION, Config, Episode, TaskSpec, task_loss
-from metasearch.plugins.maml import (
-    GradientMetaLearner,
+from metasearch.api import (
+    CLASSIFICATION,
+    REGRESSION,
+    Config,
+    Episode,
+    TaskSpec,
+    class_means,
+    task_loss,
 )
+from metasearch.plugins.maml import GradientMetaLearner
 
 CRITIC_UNITS = (32, 64, 128)
 EMBEDDING_DIMS = (16, 32, 64)
@@ -257,10 +263,7 @@ class MetaCritic(GradientMetaLearner):
         else:
             probability = tf.reduce_sum(encoded * tf.nn.softmax(outputs), axis=-1)
             pre += enc.project("loss", tf.stack([losses, probability], axis=-1))
-            codes = enc.finish(pre)
-            # Per-class means by a one-hot matmul: a tensor num_classes works too.
-            counts = tf.maximum(tf.reduce_sum(encoded, axis=0), 1.0)
-            per_class = tf.matmul(encoded, codes, transpose_a=True) / counts[:, None]
+            per_class = class_means(enc.finish(pre), support_labels, num_classes)
             context = {"z": tf.reduce_mean(per_class, axis=0), "z_class": per_class}
         context["coefficients"] = self._coefficients(features, support_labels, context, num_classes)
         self._last_context = context

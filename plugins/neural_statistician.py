@@ -69,8 +69,7 @@ import keras_tuner
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from metasearch.api import Config, MetaLearner, TaskSpec, accuracy, feature_dim
-from metasearch.plugins.protonet import class_means
+from metasearch.api import Config, MetaLearner, TaskSpec, accuracy, class_means, feature_dim
 
 tfd = tfp.distributions
 

@@ -16,23 +16,19 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
-from metasearch.api import Config, MetaLearner, TaskSpec, accuracy, project, projection_layer
+from metasearch.api import (
+    Config,
+    MetaLearner,
+    TaskSpec,
+    accuracy,
+    class_means,
+    project,
+    projection_layer,
+)
 
 METRICS = ("sqeuclidean", "cosine")
 # 0 keeps the backbone's features as they are.
 EMBEDDING_DIMS = (0, 64, 128, 256)
-
-
-def class_means(embeddings: tf.Tensor, labels: tf.Tensor, num_classes) -> tf.Tensor:
-    """Per-class mean of `embeddings [n, d]`: `[num_classes, d]`.
-
-    A one-hot matmul rather than a segment op: XLA compiles it when
-    `num_classes` is a Python int, and it runs with a tensor `num_classes`.
-    """
-    one_hot = tf.one_hot(labels, num_classes, dtype=embeddings.dtype)
-    counts = tf.reduce_sum(one_hot, axis=0)
-    sums = tf.matmul(one_hot, embeddings, transpose_a=True)
-    return sums / tf.maximum(counts, 1.0)[:, None]
 
 
 def squared_distances(queries: tf.Tensor, prototypes: tf.Tensor) -> tf.Tensor:

@@ -77,6 +77,7 @@ from metasearch.api import (
     MetaLearner,
     TaskSpec,
     accuracy,
+    class_means,
     feature_dim,
     project,
     projection_layer,
@@ -95,14 +96,6 @@ EVAL_SEED = (20190506, 7)
 INITIAL_RELATIVE_SCALE = 0.05
 # Keeps relative scales positive when features vanish.
 EPSILON = 1e-6
-
-
-def class_means(embeddings: tf.Tensor, labels: tf.Tensor, num_classes) -> tf.Tensor:
-    """Per-class mean of `embeddings [n, d]`: `[num_classes, d]`, by a one-hot matmul."""
-    one_hot = tf.one_hot(labels, num_classes, dtype=embeddings.dtype)
-    counts = tf.reduce_sum(one_hot, axis=0)
-    sums = tf.matmul(one_hot, embeddings, transpose_a=True)
-    return sums / tf.maximum(counts, 1.0)[:, None]
 
 
 def predictive_log_probs(queries: tf.Tensor, weights: tf.Tensor, biases: tf.Tensor) -> tf.Tensor:

@@ -3,7 +3,8 @@ import pytest
 import tensorflow as tf
 
 from metasearch import conformance
-from metasearch.plugins.protonet import PrototypicalNetworks, class_means, squared_distances
+from metasearch.api import class_means
+from metasearch.plugins.protonet import PrototypicalNetworks, squared_distances
 from metasearch.search_spaces.conv_blocks import ConvBlocks
 from metasearch.training import DivergedError, MetaTrainer, resolve_jit_compile
 

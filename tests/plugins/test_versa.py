@@ -10,12 +10,11 @@ import pytest
 import tensorflow as tf
 
 from metasearch import conformance
-from metasearch.api import DatasetOptions, TaskSpec
+from metasearch.api import DatasetOptions, TaskSpec, class_means
 from metasearch.data.sinusoid import Sinusoid
 from metasearch.plugins.protonet import PrototypicalNetworks, squared_distances
 from metasearch.plugins.versa import (
     Versa,
-    class_means,
     predictive_log_probs,
     regression_log_likelihood,
 )
