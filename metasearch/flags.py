@@ -255,6 +255,14 @@ STRATEGY_OPTION_FLAGS = {
     "controller": {"controller_learning_rate": "learning_rate"},
     "hyperband": {"hyperband_max_epochs": "max_epochs", "hyperband_factor": "factor"},
 }
+# The built-in data sets' own flags (`dataset_options` reads them).
+DATASET_FLAGS = {
+    "glyphs": ("glyphs_classes", "glyphs_images_per_class"),
+    "omniglot": ("omniglot_train", "omniglot_val", "omniglot_test", "omniglot_rotations"),
+    "sinusoid": ("sinusoid_amplitude", "sinusoid_phase", "sinusoid_x_range"),
+}
+# Flags about classes and images, which a regression task family has neither of.
+CLASSIFICATION_FLAGS = ("n_way", "train_n_way", "augment", "image_size")
 SPACE_OPTION_FLAGS = {
     "nasnet": {
         "nasnet_blocks": "blocks",
@@ -450,16 +458,6 @@ def flagfile_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-# The built-in data sets' own flags (`dataset_options` reads them).
-DATASET_FLAGS = {
-    "glyphs": ("glyphs_classes", "glyphs_images_per_class"),
-    "omniglot": ("omniglot_train", "omniglot_val", "omniglot_test", "omniglot_rotations"),
-    "sinusoid": ("sinusoid_amplitude", "sinusoid_phase", "sinusoid_x_range"),
-}
-# Flags about classes and images, which a regression task family has neither of.
-CLASSIFICATION_FLAGS = ("n_way", "train_n_way", "augment", "image_size")
-
-
 def _is_regression(dataset: str) -> bool:
     from metasearch import api, registry
 
@@ -468,21 +466,19 @@ def _is_regression(dataset: str) -> bool:
 
 def _unused_flags() -> dict[str, str]:
     """Flags that do not apply to this run's components, each with the setting they need."""
-    unused = {}
-    for name, group in DATASET_FLAGS.items():
-        if name != FLAGS.dataset:
-            unused.update({flag: f"--dataset={name}" for flag in group})
+    # These count only away from their defaults: flagfiles of earlier runs list them.
+    by_value = {
+        flag: f"--dataset={name}"
+        for name, group in DATASET_FLAGS.items()
+        if name != FLAGS.dataset
+        for flag in group
+    }
     if FLAGS.evaluator == "train" and _is_regression(FLAGS.dataset):
         needs = f"a classification data set (--dataset={FLAGS.dataset} is regression)"
-        # Only a value other than the default is refused: flagfiles of earlier regression
-        # runs list these flags at their defaults.
-        unused.update(
-            {
-                flag: needs
-                for flag in CLASSIFICATION_FLAGS
-                if FLAGS[flag].value != FLAGS[flag].default
-            }
-        )
+        by_value.update(dict.fromkeys(CLASSIFICATION_FLAGS, needs))
+    unused = {
+        flag: needs for flag, needs in by_value.items() if FLAGS[flag].value != FLAGS[flag].default
+    }
     for groups, chosen, switch in (
         (SPACE_OPTION_FLAGS, FLAGS.search_space, "search_space"),
         (STRATEGY_OPTION_FLAGS, FLAGS.strategy, "strategy"),
