@@ -836,7 +836,7 @@ def learner_signatures(learner: MetaLearner, task: TaskSpec) -> dict[str, str]:
     if task.is_regression:
         return dict(REGRESSION_SIGNATURES)
     signatures = dict(LEARNER_SIGNATURES)
-    if getattr(learner, "GENERATIVE", False):
+    if learner.GENERATIVE:
         signatures["sample"] = SAMPLE_SIGNATURE
     return signatures
 

@@ -69,7 +69,10 @@ class FewShotModule(tf.Module):
         self.metadata_asset = tf.saved_model.Asset(metadata_path)
         with open(metadata_path, encoding="utf-8") as handle:
             self._metadata_json = handle.read()
+        self.metadata = tf.function(self._metadata, input_signature=[])
         self.regression = learner.task.is_regression
+        # Generative learners make images (see `sample`); no regression learner does.
+        self.generative = bool(learner.GENERATIVE) and not self.regression
         if self.regression:
             shape = list(learner.task.image_shape)
             targets = learner.task.target_dim
@@ -84,7 +87,6 @@ class FewShotModule(tf.Module):
             self.embed = tf.function(
                 self._embed_inputs, input_signature=[tf.TensorSpec([None, *shape], tf.float32)]
             )
-            self.metadata = tf.function(self._metadata, input_signature=[])
             return
         image_spec = tf.TensorSpec([None, None, None, channels], tf.float32)
         self.few_shot = tf.function(
@@ -96,8 +98,6 @@ class FewShotModule(tf.Module):
             ],
         )
         self.embed = tf.function(self._embed, input_signature=[image_spec])
-        self.metadata = tf.function(self._metadata, input_signature=[])
-        self.generative = bool(getattr(learner, "GENERATIVE", False))
         if self.generative:
             self.sample = tf.function(
                 self._sample,
@@ -192,7 +192,7 @@ def export_learner(
             main: getattr(module, main).get_concrete_function(),
             "embed": module.embed.get_concrete_function(),
         }
-        if getattr(module, "generative", False):
+        if module.generative:
             signatures["sample"] = module.sample.get_concrete_function()
         tf.saved_model.save(module, saved, signatures=signatures)
     return export_dir

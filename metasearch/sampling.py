@@ -104,7 +104,7 @@ def sample_run(
     if samples_per_class < 1:
         raise UsageError(f"--samples_per_class: must be at least 1, got {samples_per_class}")
     run = controller.FinishedRun(output_dir)
-    if not getattr(run.components.plugin, "GENERATIVE", False):
+    if not run.components.plugin.GENERATIVE:
         raise UsageError(
             f"--output_dir: the run's plugin {run.config['plugin']!r} does not generate images; "
             "sample needs a generative plugin such as neural_statistician"
