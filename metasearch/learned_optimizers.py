@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from metasearch.export import staged_export
 from metasearch.plugins.learned_optimizer import LSTMOptimizer
 
 WEIGHTS_FILE = "weights.npz"
@@ -324,17 +325,23 @@ def to_keras_optimizer(
 
 
 def save_optimizer(optimizer: LSTMOptimizer, path: str) -> str:
-    """Writes `weights.npz` (each weight by name) and `config.json` into the folder `path`."""
-    os.makedirs(path, exist_ok=True)
+    """Writes `weights.npz` (each weight by name) and `config.json` into the folder `path`.
+
+    Atomically, like the exports: an earlier save at `path` is replaced whole
+    or not at all. Returns the folder's absolute path.
+    """
+    path = os.path.abspath(path)
     weights = {_weight_key(v): np.asarray(v.numpy()) for v in optimizer.weights}
-    np.savez(os.path.join(path, WEIGHTS_FILE), **weights)
     config = {
         k: v
         for k, v in optimizer.get_config().items()
         if k in ("hidden_units", "output_scale", "layers", "preprocess_p")
     }
-    with open(os.path.join(path, CONFIG_FILE), "w") as stream:
-        json.dump(config, stream, indent=2, sort_keys=True)
+    with staged_export(path) as folder:
+        os.makedirs(folder)
+        np.savez(os.path.join(folder, WEIGHTS_FILE), **weights)
+        with open(os.path.join(folder, CONFIG_FILE), "w") as stream:
+            json.dump(config, stream, indent=2, sort_keys=True)
     return path
 
 

@@ -224,3 +224,7 @@ def test_save_and_load_round_trip(tmp_path):
     config_path.write_text(json.dumps({**config, "hidden_units": 7}))
     with pytest.raises(ValueError, match="shape"):
         learned_optimizers.load_optimizer(path)
+    # Saving again replaces the folder whole, leaving no staging folder beside it.
+    assert learned_optimizers.save_optimizer(lstm, path) == path
+    assert learned_optimizers.load_optimizer(path).hidden_units == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["opt"]
