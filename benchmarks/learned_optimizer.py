@@ -57,6 +57,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -261,7 +262,8 @@ def main(argv=None) -> dict:
     def on_problem(index, losses):
         progress.append(float(np.mean(losses)))
         if index % 25 == 0:
-            print(f"problem {index}: meta-loss {np.mean(progress[-25:]):.4f}", flush=True)
+            # Progress on stderr: stdout is the JSON result alone.
+            print(f"problem {index}: meta-loss {np.mean(progress[-25:]):.4f}", file=sys.stderr)
 
     history = learned_optimizers.meta_train(
         lstm,
