@@ -282,6 +282,7 @@ def main():
         for record in per_k.values()
         if "meets_target" in record
     ]
+    compared = comparisons(results)
     print(
         json.dumps(
             strict_json(
@@ -304,16 +305,14 @@ def main():
                     },
                     "device": device_description(jit),
                     "results": results,
-                    "comparisons": comparisons(results),
+                    "comparisons": compared,
                     "targets": {
                         f"{plugin}_{k}shot_{STEP_KEYS[steps]}": target
                         for plugin, (k, target, steps) in TARGETS.items()
                     },
                     # Only targets of models this run trained count; none trained means False.
                     "meets_targets": bool(checked) and all(checked),
-                    "meets_comparisons": all(
-                        c.get("holds", True) for c in comparisons(results).values()
-                    ),
+                    "meets_comparisons": all(c.get("holds", True) for c in compared.values()),
                 }
             ),
             indent=2,
