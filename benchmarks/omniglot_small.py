@@ -101,7 +101,9 @@ def main():
     parser.add_argument("--image_size", type=int, default=28)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--reference", default=None, help="protonet's JSON output, for the within-5-points target"
+        "--reference",
+        default=None,
+        help="protonet's JSON output, for the targets relative to it (ALLOWED_GAP_POINTS)",
     )
     parser.add_argument(
         "--eval_inner_steps",
