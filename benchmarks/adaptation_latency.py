@@ -43,10 +43,10 @@ import tensorflow as tf  # noqa: E402
 
 from metasearch import registry  # noqa: E402
 from metasearch.api import Episode, TaskSpec  # noqa: E402
-from metasearch.conformance import sample_configs  # noqa: E402
 from metasearch.data.preprocess import normalize  # noqa: E402
 from metasearch.export import export_learner  # noqa: E402
 from metasearch.search_spaces.conv_blocks import ConvBlocks  # noqa: E402
+from metasearch.testing import sample_configs  # noqa: E402
 from metasearch.training import MetaTrainer, resolve_jit_compile  # noqa: E402
 
 ARCHITECTURE = {"depth": 4, "filters": 64, "growth": 1.0}

@@ -32,11 +32,11 @@ import keras  # noqa: E402
 
 from metasearch import registry  # noqa: E402
 from metasearch.api import DatasetOptions, TaskSpec  # noqa: E402
-from metasearch.conformance import sample_configs  # noqa: E402
 from metasearch.data import episodes  # noqa: E402
 from metasearch.data.glyphs import Glyphs  # noqa: E402
 from metasearch.data.omniglot import load_characters  # noqa: E402
 from metasearch.search_spaces.conv_blocks import ConvBlocks  # noqa: E402
+from metasearch.testing import sample_configs  # noqa: E402
 from metasearch.training import MetaTrainer, resolve_jit_compile  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -52,10 +52,10 @@ import tensorflow as tf  # noqa: E402
 
 from metasearch import registry  # noqa: E402
 from metasearch.api import DatasetOptions, TaskSpec  # noqa: E402
-from metasearch.conformance import sample_configs  # noqa: E402
 from metasearch.data import episodes  # noqa: E402
 from metasearch.data.sinusoid import Sinusoid  # noqa: E402
 from metasearch.search_spaces.mlp import MLP  # noqa: E402
+from metasearch.testing import sample_configs  # noqa: E402
 from metasearch.training import MetaTrainer, resolve_jit_compile  # noqa: E402
 
 # The MAML family runs the published protocol's config; other plugins their defaults,

@@ -17,64 +17,20 @@ overwritten and the same code runs
 The functions here are pure tensor code: the core's `tf.function`s
 (`metasearch.training.MetaTrainer`, `metasearch.export`) trace them.
 
-`InnerOptimizer` is the update rule: `SGD` (a scalar step size, MAML) and
-`PerParameterSGD` (a learned step size per coordinate, Meta-SGD). Another rule
-(e.g. a learned optimizer) implements the same two methods.
+The update rule each step applies is a `metasearch.inner_optimizers.InnerOptimizer`
+(`SGD`, `PerParameterSGD`, `LSTMOptimizer`); the learners built on this loop
+share `metasearch.gradient_learner.GradientMetaLearner`.
 """
 
 from __future__ import annotations
 
-import abc
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import keras
 import tensorflow as tf
 
-Params = list[tf.Tensor]
-
-
-class InnerOptimizer(abc.ABC):
-    """An inner-loop update rule over a list of tensors.
-
-    `init(params)` returns the rule's state (any nest of tensors, possibly
-    empty); `update(params, grads, state, step)` returns `(new_params,
-    new_state)`. Both are pure tensor code; `step` is a Python int. The outer
-    gradient flows through `update`, so learned rules (step sizes, networks)
-    are meta-trained by the core's optimiser like any other weight.
-    """
-
-    def init(self, params: Params) -> Any:
-        """The state before the first step (default: none)."""
-        return ()
-
-    @abc.abstractmethod
-    def update(self, params: Params, grads: Params, state: Any, step: int) -> tuple[Params, Any]:
-        """One step: the new parameters and state."""
-
-
-class SGD(InnerOptimizer):
-    """Plain gradient descent with one step size (a float or a scalar tensor)."""
-
-    def __init__(self, learning_rate):
-        self.learning_rate = learning_rate
-
-    def update(self, params, grads, state, step):
-        return [p - self.learning_rate * g for p, g in zip(params, grads)], state
-
-
-class PerParameterSGD(InnerOptimizer):
-    """Gradient descent with a step size per coordinate (Meta-SGD's learned alpha).
-
-    `learning_rates` holds one tensor (or variable) shaped like each parameter.
-    """
-
-    def __init__(self, learning_rates: Sequence[Any]):
-        self.learning_rates = list(learning_rates)
-
-    def update(self, params, grads, state, step):
-        return [p - lr * g for p, g, lr in zip(params, grads, self.learning_rates)], state
+from metasearch.inner_optimizers import InnerOptimizer, Params
 
 
 def gradient_descent(

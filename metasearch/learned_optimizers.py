@@ -1,6 +1,6 @@
 """Meta-training a learned optimiser on its own, and shipping it as a Keras optimiser.
 
-`meta_train` trains a `metasearch.plugins.learned_optimizer.LSTMOptimizer`
+`meta_train` trains a `metasearch.inner_optimizers.LSTMOptimizer`
 the way Andrychowicz et al. (2016) did: sample an optimisee problem (initial
 parameters and a loss over mini-batches), run the LSTM on it for
 `unroll_steps` steps (e.g. 100) in truncations of `truncation` steps (e.g.
@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from metasearch.export import staged_export
-from metasearch.plugins.learned_optimizer import LSTMOptimizer
+from metasearch.inner_optimizers import LSTMOptimizer
 
 WEIGHTS_FILE = "weights.npz"
 META_OBJECTIVES = ("loss", "log_loss")

@@ -91,11 +91,11 @@ class MatchingNetworks(MetaLearner):
 
     def __init__(self, backbone: keras.layers.Layer, config: Config, task: TaskSpec, **kwargs):
         super().__init__(backbone, config, task, **kwargs)
-        self.fce = bool(config.get("fce", False))
-        self.fce_steps = int(config.get("fce_steps", 1))
+        self.fce = bool(self.config["fce"])
+        self.fce_steps = int(self.config["fce_steps"])
         if self.fce_steps < 1:
             raise ValueError(f"matching: fce_steps must be at least 1, got {self.fce_steps}")
-        dim = int(config.get("embedding_dim", 0))
+        dim = int(self.config["embedding_dim"])
         self.projection = projection_layer(dim)
         # Cosine similarities live in [-1, 1]; a learned scale lets the
         # softmax become confident. Stored as a log for positivity.

@@ -9,7 +9,8 @@ ascent on the critic's value, and the critic by regressing its values onto
 the observed rewards. In its supervised setting the reward is the negative
 loss and the label is known on the training set.
 
-Here the actor is the MAML family's actor (`metasearch.plugins.maml`): the
+Here the actor is the MAML family's actor
+(`metasearch.gradient_learner.GradientMetaLearner`): the
 backbone and a linear head as fast weights, adapted with
 `inner_loop.gradient_descent`, so batch norm, XLA and the in-graph export
 come for free. This learner changes what the inner loop descends:
@@ -55,7 +56,7 @@ meta-critic adapts like MAML (exactly, with a zero last layer and
 
 Hyperparameters (prefix `meta_critic/`): the MAML family's `inner_steps`,
 `eval_inner_steps`, `inner_learning_rate`, `batch_norm`, `head_init` and
-`first_order` and `inner_optimizer` (see `maml.py`; for meta_critic a regression task treats
+`first_order` and `inner_optimizer` (see `metasearch.gradient_learner`; for meta_critic a regression task treats
 `proto` as `learned`), and
 * `critic_units`: width of the TAEN's and the MVN's hidden layers;
 * `embedding_dim`: width of the task embedding z (and of each class's z_c);
@@ -81,7 +82,7 @@ from metasearch.api import (
     class_means,
     task_loss,
 )
-from metasearch.plugins.maml import GradientMetaLearner
+from metasearch.gradient_learner import GradientMetaLearner
 
 CRITIC_UNITS = (32, 64, 128)
 EMBEDDING_DIMS = (16, 32, 64)
@@ -169,14 +170,14 @@ class MetaCritic(GradientMetaLearner):
         }
 
     def __init__(self, backbone: keras.layers.Layer, config: Config, task: TaskSpec, **kwargs):
-        config = dict(config)
-        if task.is_regression and config.get("head_init", "proto") == "proto":
+        config = {**self.default_config(), **config}
+        if task.is_regression and config["head_init"] == "proto":
             config["head_init"] = "learned"
         super().__init__(backbone, config, task, **kwargs)
-        self.critic_units = int(config.get("critic_units", 64))
-        self.embedding_dim = int(config.get("embedding_dim", 32))
-        self.support_loss_weight = float(config.get("support_loss_weight", 1.0))
-        self.value_weight = float(config.get("value_weight", 1.0))
+        self.critic_units = int(self.config["critic_units"])
+        self.embedding_dim = int(self.config["embedding_dim"])
+        self.support_loss_weight = float(self.config["support_loss_weight"])
+        self.value_weight = float(self.config["value_weight"])
         for key, value, known in (
             ("critic_units", self.critic_units, CRITIC_UNITS),
             ("embedding_dim", self.embedding_dim, EMBEDDING_DIMS),

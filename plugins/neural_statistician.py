@@ -77,12 +77,6 @@ CONTEXT_DIMS = (16, 32, 64)
 LATENT_DIMS = (8, 16, 32)
 CLASSIFICATION_WEIGHTS = (0.0, 0.1, 1.0, 3.0)
 DECODER_FILTERS = (16, 32, 64)
-DEFAULTS = {
-    "context_dim": 64,
-    "latent_dim": 16,
-    "classification_weight": 1.0,
-    "decoder_filters": 32,
-}
 # Width of the hidden layer of every MLP (statistic, inference, prior networks).
 HIDDEN_UNITS = 256
 # Log-scales are soft-clipped to [-LOG_SCALE_BOUND, LOG_SCALE_BOUND]: near
@@ -173,21 +167,13 @@ class NeuralStatistician(MetaLearner):
     def sample_config(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
         prefix = "neural_statistician/"
         return {
-            "context_dim": hp.Choice(
-                prefix + "context_dim", list(CONTEXT_DIMS), default=DEFAULTS["context_dim"]
-            ),
-            "latent_dim": hp.Choice(
-                prefix + "latent_dim", list(LATENT_DIMS), default=DEFAULTS["latent_dim"]
-            ),
+            "context_dim": hp.Choice(prefix + "context_dim", list(CONTEXT_DIMS), default=64),
+            "latent_dim": hp.Choice(prefix + "latent_dim", list(LATENT_DIMS), default=16),
             "classification_weight": hp.Choice(
-                prefix + "classification_weight",
-                list(CLASSIFICATION_WEIGHTS),
-                default=DEFAULTS["classification_weight"],
+                prefix + "classification_weight", list(CLASSIFICATION_WEIGHTS), default=1.0
             ),
             "decoder_filters": hp.Choice(
-                prefix + "decoder_filters",
-                list(DECODER_FILTERS),
-                default=DEFAULTS["decoder_filters"],
+                prefix + "decoder_filters", list(DECODER_FILTERS), default=32
             ),
         }
 
@@ -195,16 +181,15 @@ class NeuralStatistician(MetaLearner):
         super().__init__(backbone, config, task, **kwargs)
         if task.is_regression or len(task.image_shape) != 3:
             raise ValueError("neural_statistician: needs image classification tasks")
-        settings = {**DEFAULTS, **dict(config)}
         for name in ("context_dim", "latent_dim", "decoder_filters"):
-            _check_choice(name, settings[name], 1)
-            if int(settings[name]) != settings[name]:
+            _check_choice(name, self.config[name], 1)
+            if int(self.config[name]) != self.config[name]:
                 raise ValueError(f"neural_statistician: {name} must be an integer")
-        _check_choice("classification_weight", settings["classification_weight"], 0.0)
-        self.context_dim = int(settings["context_dim"])
-        self.latent_dim = int(settings["latent_dim"])
-        self.classification_weight = float(settings["classification_weight"])
-        self.decoder_filters = int(settings["decoder_filters"])
+        _check_choice("classification_weight", self.config["classification_weight"], 0.0)
+        self.context_dim = int(self.config["context_dim"])
+        self.latent_dim = int(self.config["latent_dim"])
+        self.classification_weight = float(self.config["classification_weight"])
+        self.decoder_filters = int(self.config["decoder_filters"])
 
         width = feature_dim(backbone, task)
         self.feature_dim = width

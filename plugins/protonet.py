@@ -50,10 +50,10 @@ class PrototypicalNetworks(MetaLearner):
 
     def __init__(self, backbone: keras.layers.Layer, config: Config, task: TaskSpec, **kwargs):
         super().__init__(backbone, config, task, **kwargs)
-        self.metric = config.get("metric", "sqeuclidean")
+        self.metric = self.config["metric"]
         if self.metric not in METRICS:
             raise ValueError(f"protonet: unknown metric {self.metric!r}; known: {METRICS}")
-        dim = int(config.get("embedding_dim", 0))
+        dim = int(self.config["embedding_dim"])
         self.projection = projection_layer(dim)
         if self.metric == "cosine":
             # Cosine similarities live in [-1, 1]; a learned scale lets the

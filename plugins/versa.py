@@ -153,10 +153,10 @@ class Versa(MetaLearner):
 
     def __init__(self, backbone: keras.layers.Layer, config: Config, task: TaskSpec, **kwargs):
         super().__init__(backbone, config, task, **kwargs)
-        dim = int(config.get("embedding_dim", 0))
-        hidden = int(config.get("hidden_units", 128))
-        self.train_samples = int(config.get("train_samples", 10))
-        self.eval_weights = config.get("eval_weights", "mean")
+        dim = int(self.config["embedding_dim"])
+        hidden = int(self.config["hidden_units"])
+        self.train_samples = int(self.config["train_samples"])
+        self.eval_weights = self.config["eval_weights"]
         for key, value, known in (
             ("embedding_dim", dim, EMBEDDING_DIMS),
             ("hidden_units", hidden, HIDDEN_UNITS),

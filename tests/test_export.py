@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from metasearch import conformance
+from metasearch import testing
 from metasearch.export import export_learner
 from metasearch.plugins.protonet import PrototypicalNetworks
 from metasearch.search_spaces.conv_blocks import ConvBlocks
@@ -60,8 +60,8 @@ def _omniglot_task(omniglot_dir, n_way=5, n_query=2):
 
 @pytest.mark.slow
 def test_plain_tensorflow_process_reproduces_logits_on_raw_omniglot_pngs(omniglot_dir, tmp_path):
-    task = conformance.tiny_task(28)
-    learner = conformance.build_learner(
+    task = testing.tiny_task(28)
+    learner = testing.build_learner(
         PrototypicalNetworks,
         ConvBlocks,
         task,
@@ -70,7 +70,7 @@ def test_plain_tensorflow_process_reproduces_logits_on_raw_omniglot_pngs(omniglo
     )
     normalization = (0.92, 0.26)
     trainer = MetaTrainer(learner, normalization, 1e-3, 3, jit_compile=False)
-    episode = conformance.tiny_episode(task)
+    episode = testing.tiny_episode(task)
     trainer.build(episode)
     for _ in range(3):
         trainer.train_step(episode)  # moves weights and batch-norm statistics off their defaults
@@ -124,16 +124,14 @@ def test_plain_tensorflow_process_reproduces_logits_on_raw_omniglot_pngs(omniglo
 
 
 def test_export_replaces_atomically_and_leaves_no_temporaries(tmp_path):
-    task = conformance.tiny_task(16)
-    learner = conformance.build_learner(
+    task = testing.tiny_task(16)
+    learner = testing.build_learner(
         PrototypicalNetworks,
         ConvBlocks,
         task,
         space_config={"depth": 2, "filters": 8, "growth": 1.0},
     )
-    MetaTrainer(learner, (0.5, 0.3), 1e-3, 1, jit_compile=False).build(
-        conformance.tiny_episode(task)
-    )
+    MetaTrainer(learner, (0.5, 0.3), 1e-3, 1, jit_compile=False).build(testing.tiny_episode(task))
     target = tmp_path / "export" / "learner"
     export_learner(learner, target, 16, 1, (0.5, 0.3), {"n": 1})
     export_learner(learner, target, 16, 1, (0.5, 0.3), {"n": 2})

@@ -1,10 +1,10 @@
-"""The core's inner loops: exact gradients of either order, explicit parameters, XLA."""
+"""The core's inner loops and SGD rules: gradients of either order, explicit parameters, XLA."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from metasearch import inner_loop
+from metasearch import inner_loop, inner_optimizers
 
 
 def _quadratic_setup():
@@ -24,7 +24,7 @@ def test_second_order_gradient_matches_the_closed_form():
             lambda params, step: tf.reduce_sum(0.5 * a * params[0] ** 2),
             [w0],
             steps=1,
-            optimizer=inner_loop.SGD(lr),
+            optimizer=inner_optimizers.SGD(lr),
         )
         loss = tf.reduce_sum(0.5 * w1**2)
     grad = outer.gradient(loss, w0).numpy()
@@ -40,7 +40,7 @@ def test_first_order_drops_the_second_order_terms():
             lambda params, step: tf.reduce_sum(0.5 * a * params[0] ** 2),
             [w0],
             steps=1,
-            optimizer=inner_loop.SGD(0.1),
+            optimizer=inner_optimizers.SGD(0.1),
             first_order=True,
         )
         loss = tf.reduce_sum(0.5 * w1**2)
@@ -55,7 +55,7 @@ def test_per_parameter_step_sizes_are_meta_learned():
             lambda params, step: tf.reduce_sum(0.5 * a * params[0] ** 2),
             [w0],
             steps=1,
-            optimizer=inner_loop.PerParameterSGD([rates]),
+            optimizer=inner_optimizers.PerParameterSGD([rates]),
         )
         loss = tf.reduce_sum(0.5 * w1**2)
     # d loss / d rate = w1 * (-a w0)
@@ -73,7 +73,7 @@ def test_steps_are_applied_in_order_and_unused_parameters_get_zero_gradients():
         return tf.reduce_sum(params[0] ** 2)
 
     w3, same = inner_loop.gradient_descent(
-        loss, [w, unused], steps=3, optimizer=inner_loop.SGD(0.25)
+        loss, [w, unused], steps=3, optimizer=inner_optimizers.SGD(0.25)
     )
     assert seen_steps == [0, 1, 2]
     np.testing.assert_allclose(w3.numpy(), [0.125])  # halves each step
@@ -109,7 +109,7 @@ def test_second_order_inner_loop_compiles_with_xla_and_matches_graph_mode():
                 lambda params, step: tf.reduce_mean((network(params, x)[0] - y) ** 2),
                 network.values(),
                 steps=3,
-                optimizer=inner_loop.SGD(0.1),
+                optimizer=inner_optimizers.SGD(0.1),
             )
             loss = tf.reduce_mean((network(fast, x)[0] - y) ** 2)
         return loss, tape.gradient(loss, network.trainable)
@@ -142,7 +142,7 @@ def test_second_order_gradients_through_batch_norm_match_finite_differences():
         def loss(p, step):
             return tf.reduce_mean((network(p, x, training=True)[0] - y) ** 2)
 
-        fast = inner_loop.gradient_descent(loss, params, 1, inner_loop.SGD(0.3))
+        fast = inner_loop.gradient_descent(loss, params, 1, inner_optimizers.SGD(0.3))
         return loss(fast, 0)
 
     params = network.values()

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from metasearch import learned_optimizers
+from metasearch.inner_optimizers import LSTMOptimizer
 from metasearch.learned_optimizers import LearnedKerasOptimizer, Problem, TruncatedBPTT
-from metasearch.plugins.learned_optimizer import LSTMOptimizer
 
 
 def _quadratic_problem(index: int, dim: int = 5) -> Problem:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from metasearch import conformance
+from metasearch import testing
 from metasearch.api import class_means
 from metasearch.plugins.protonet import PrototypicalNetworks, squared_distances
 from metasearch.search_spaces.conv_blocks import ConvBlocks
@@ -18,9 +18,9 @@ def test_auto_jit_picks_graph_mode_on_cpu_and_flags_override():
 
 
 def _small_protonet():
-    task = conformance.tiny_task()
+    task = testing.tiny_task()
     space_config = {"depth": 3, "filters": 8, "growth": 1.0}
-    return task, conformance.build_learner(
+    return task, testing.build_learner(
         PrototypicalNetworks, ConvBlocks, task, space_config=space_config
     )
 
@@ -36,7 +36,7 @@ def test_trainer_steps_are_compiled_with_the_requested_mode():
 
 def test_non_finite_loss_raises_diverged():
     task, learner = _small_protonet()
-    episode = conformance.tiny_episode(task)
+    episode = testing.tiny_episode(task)
     poisoned = episode._replace(support_images=episode.support_images * np.nan)
     trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 5, jit_compile=False)
     trainer.build(episode)
@@ -59,7 +59,7 @@ def test_prototypes_and_distances():
 
 def test_train_for_spends_the_time_budget_and_decays_the_learning_rate():
     task, learner = _small_protonet()
-    episode = conformance.tiny_episode(task)
+    episode = testing.tiny_episode(task)
     trainer = MetaTrainer(learner, (0.5, 0.3), 1e-2, None, jit_compile=False)
     trainer.build(episode)
     # Trace first: on a loaded machine tracing alone can outlast the budget, and
@@ -73,7 +73,7 @@ def test_train_for_spends_the_time_budget_and_decays_the_learning_rate():
 def test_train_reads_an_iterator_on_from_where_it_is():
     task, learner = _small_protonet()
     trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 10, jit_compile=False)
-    episode = conformance.tiny_episode(task)
+    episode = testing.tiny_episode(task)
     trainer.build(episode)
     iterator = iter(tf.data.Dataset.from_tensors(episode).repeat(5))
     trainer.train(iterator, 3)
@@ -82,14 +82,14 @@ def test_train_reads_an_iterator_on_from_where_it_is():
 
 
 def test_a_meta_batch_step_averages_the_loss_over_its_episodes_and_consumes_them():
-    task = conformance.tiny_task()
-    learner = conformance.build_learner(
+    task = testing.tiny_task()
+    learner = testing.build_learner(
         PrototypicalNetworks,
         ConvBlocks,
         task,
         space_config={"depth": 2, "filters": 8, "growth": 1.0},
     )
-    episodes = [conformance.tiny_episode(task, seed=s) for s in range(4)]
+    episodes = [testing.tiny_episode(task, seed=s) for s in range(4)]
     single = MetaTrainer(learner, (0.5, 0.3), 0.0, 4, jit_compile=False)
     single.build(episodes[0])
     losses = [float(single.train_step(e)[0]) for e in episodes[:2]]

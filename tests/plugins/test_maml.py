@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from metasearch import conformance
+from metasearch import testing
 from metasearch.export import export_learner
 from metasearch.plugins.maml import ANIL, FOMAML, MAML, MetaSGD
 from metasearch.search_spaces.conv_blocks import ConvBlocks
@@ -29,12 +29,12 @@ def _config(**overrides):
 
 
 def _classifier(plugin=MAML, **overrides):
-    task = conformance.tiny_task()
-    return conformance.build_learner(plugin, ConvBlocks(), task, _config(**overrides), SMALL_CONV)
+    task = testing.tiny_task()
+    return testing.build_learner(plugin, ConvBlocks(), task, _config(**overrides), SMALL_CONV)
 
 
 def _outer_gradients(learner, task):
-    episode = conformance.tiny_episode(task)
+    episode = testing.tiny_episode(task)
     trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 1, jit_compile=False)
     trainer.build(episode)
     with tf.GradientTape() as tape:
@@ -58,12 +58,23 @@ def test_hyperparameters_are_declared_per_plugin_and_fomaml_fixes_the_order():
         assert {"inner_steps", "inner_learning_rate", "batch_norm", "head_init"} <= set(config)
         assert ("first_order" in config) == (plugin is not FOMAML)
     assert FOMAML(
-        ConvBlocks().build(SMALL_CONV, (28, 28, 1)), _config(), conformance.tiny_task()
+        ConvBlocks().build(SMALL_CONV, (28, 28, 1)), _config(), testing.tiny_task()
     ).first_order
 
 
+def test_missing_settings_are_the_declared_defaults_written_once_in_sample_config():
+    import keras_tuner
+
+    assert MAML.default_config() == MAML.sample_config(keras_tuner.HyperParameters())
+    backbone = ConvBlocks().build(SMALL_CONV, (28, 28, 1))
+    learner = MAML(backbone, {"inner_steps": 3}, testing.tiny_task())
+    assert learner.config == {**MAML.default_config(), "inner_steps": 3}
+    assert (learner.inner_steps, learner.eval_inner_steps) == (3, 3)
+    assert learner.inner_learning_rate == MAML.default_config()["inner_learning_rate"]
+
+
 def test_second_and_first_order_outer_gradients_differ():
-    task = conformance.tiny_task()
+    task = testing.tiny_task()
     second = _outer_gradients(_classifier(MAML), task)
     first = _outer_gradients(_classifier(MAML, first_order=True), task)
     key = next(k for k in second if "kernel" in k and "block0" in k)
@@ -71,9 +82,9 @@ def test_second_and_first_order_outer_gradients_differ():
 
 
 def test_adaptation_changes_predictions_and_more_steps_fit_the_support_set_better():
-    task = conformance.tiny_task()
+    task = testing.tiny_task()
     learner = _classifier(MAML, inner_learning_rate=0.01)
-    episode = conformance.tiny_episode(task)
+    episode = testing.tiny_episode(task)
     losses = []
     for steps in (0, 1, 4):
         learner.eval_inner_steps = steps
@@ -90,13 +101,13 @@ def test_adaptation_changes_predictions_and_more_steps_fit_the_support_set_bette
 
 
 def test_metasgd_learns_its_step_sizes_and_anil_adapts_only_the_head():
-    task = conformance.tiny_task()
+    task = testing.tiny_task()
     grads = _outer_gradients(_classifier(MetaSGD), task)
     step_sizes = [k for k in grads if "step_size" in k]
     assert step_sizes and all(np.any(grads[k].numpy() != 0) for k in step_sizes)
 
     anil = _classifier(ANIL)
-    episode = conformance.tiny_episode(task)
+    episode = testing.tiny_episode(task)
     state = anil.adapt(episode.support_images, episode.support_labels, task.n_way)
     assert state["backbone"] == [] and len(state["head"]) == 2
     assert not np.allclose(state["head"][0].numpy(), anil.head_kernel.numpy()[:, : task.n_way])
@@ -105,17 +116,17 @@ def test_metasgd_learns_its_step_sizes_and_anil_adapts_only_the_head():
 @pytest.mark.parametrize("head_init", ["zero", "proto"])
 def test_per_task_heads_serve_any_number_of_classes(head_init):
     learner = _classifier(MAML, head_init=head_init)
-    task = conformance.tiny_task()
-    five_way = conformance.tiny_episode(dataclasses.replace(task, n_way=5))
+    task = testing.tiny_task()
+    five_way = testing.tiny_episode(dataclasses.replace(task, n_way=5))
     state = learner.adapt(five_way.support_images, five_way.support_labels, 5)
     assert learner.predict(state, five_way.query_images).shape == (10, 5)
 
 
 def test_proto_head_starts_as_a_prototypical_network():
-    task = conformance.tiny_task()
+    task = testing.tiny_task()
     learner = _classifier(MAML, head_init="proto")
     learner.eval_inner_steps = 0
-    episode = conformance.tiny_episode(task)
+    episode = testing.tiny_episode(task)
     logits = learner.predict(
         learner.adapt(episode.support_images, episode.support_labels, task.n_way),
         episode.query_images,
@@ -132,8 +143,8 @@ def test_proto_head_starts_as_a_prototypical_network():
 
 def test_learned_head_refuses_more_classes_than_it_has_in_an_export():
     learner = _classifier(MAML)
-    task = conformance.tiny_task()
-    episode = conformance.tiny_episode(task)
+    task = testing.tiny_task()
+    episode = testing.tiny_episode(task)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
     def adapt(labels):
@@ -145,11 +156,11 @@ def test_learned_head_refuses_more_classes_than_it_has_in_an_export():
 
 
 def test_per_step_batch_norm_keeps_statistics_per_step_and_uses_them_when_adapting():
-    task = conformance.tiny_task()
+    task = testing.tiny_task()
     learner = _classifier(MAML, batch_norm="per_step")
     # One copy of scale/bias and statistics per later pass (steps 1 and the query pass).
     assert len(learner.step_bn_params) == len(learner.step_bn_stats) == 2
-    episode = conformance.tiny_episode(task)
+    episode = testing.tiny_episode(task)
     trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 3, jit_compile=False)
     trainer.build(episode)
     before = [v.numpy().copy() for v in learner.step_bn_stats[-1]]
@@ -165,11 +176,11 @@ def test_per_step_batch_norm_keeps_statistics_per_step_and_uses_them_when_adapti
 
 
 def test_regression_learners_fit_a_sine_after_adaptation():
-    task = conformance.tiny_task(kind="regression")
-    learner = conformance.build_learner(
+    task = testing.tiny_task(kind="regression")
+    learner = testing.build_learner(
         MAML, MLP(), task, _config(inner_learning_rate=0.01, inner_steps=1, eval_inner_steps=5)
     )
-    episode = conformance.tiny_episode(task)
+    episode = testing.tiny_episode(task)
     mse = []
     for steps in (0, 5):
         learner.eval_inner_steps = steps
@@ -183,9 +194,9 @@ def test_regression_learners_fit_a_sine_after_adaptation():
 def test_the_exported_learner_adapts_inside_the_saved_model_in_a_tensorflow_only_process(
     tmp_path,
 ):
-    task = conformance.tiny_task()
+    task = testing.tiny_task()
     learner = _classifier(MAML, inner_learning_rate=0.03, eval_inner_steps=3)
-    episode = conformance.tiny_episode(task, seed=4)
+    episode = testing.tiny_episode(task, seed=4)
     trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 2, jit_compile=False)
     trainer.build(episode)
     trainer.train_step(episode)
@@ -202,7 +213,7 @@ def test_the_exported_learner_adapts_inside_the_saved_model_in_a_tensorflow_only
     path = export_learner(
         learner, str(tmp_path / "maml"), 28, 1, (0.5, 0.3), metadata={"test": True}
     )
-    logits, _ = conformance.run_in_fresh_process(
+    logits, _ = testing.run_in_fresh_process(
         path,
         "few_shot",
         "logits",

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from metasearch import conformance
+from metasearch import testing
+from metasearch.api import TaskSpec
 from metasearch.plugins.matching import LOG_EPSILON, MatchingNetworks
 from metasearch.search_spaces.conv_blocks import ConvBlocks
 
@@ -19,15 +20,13 @@ BACKBONE_WIDTH = 144
 
 
 def _learner(fce=False, fce_steps=1, embedding_dim=0, task=None):
-    task = task or conformance.tiny_task()
+    task = task or testing.tiny_task()
     config = {"fce": fce, "fce_steps": fce_steps, "embedding_dim": embedding_dim}
-    return conformance.build_learner(MatchingNetworks, ConvBlocks, task, config, SMALL), task
+    return testing.build_learner(MatchingNetworks, ConvBlocks, task, config, SMALL), task
 
 
 def _episode(task, seed=0, k_shot=2, n_query=3):
-    return conformance.tiny_episode(
-        conformance.TaskSpec(task.n_way, k_shot, n_query, task.image_shape), seed=seed
-    )
+    return testing.tiny_episode(TaskSpec(task.n_way, k_shot, n_query, task.image_shape), seed=seed)
 
 
 def _run(learner, episode, num_classes):
@@ -138,6 +137,6 @@ def test_fce_serves_unknown_sizes_with_a_tensor_class_count_and_compiles_with_xl
 
 def test_fce_learner_trains_and_exports(tmp_path):
     learner, task = _learner(fce=True, fce_steps=1, embedding_dim=64)
-    conformance.check_trains(learner, task, steps=6)
+    testing.check_trains(learner, task, steps=6)
     # The shared conformance suite already reloads matching in a fresh process.
-    conformance.check_export_round_trip(learner, task, str(tmp_path), fresh_process=False)
+    testing.check_export_round_trip(learner, task, str(tmp_path), fresh_process=False)

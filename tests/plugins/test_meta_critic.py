@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from metasearch import conformance
+from metasearch import testing
 from metasearch.api import DatasetOptions
 from metasearch.data import episodes
 from metasearch.data.sinusoid import Sinusoid
@@ -37,16 +37,14 @@ def _config(**overrides):
 
 
 def _classifier(plugin=MetaCritic, **overrides):
-    task = conformance.tiny_task()
-    learner = conformance.build_learner(
-        plugin, ConvBlocks(), task, _config(**overrides), SMALL_CONV
-    )
+    task = testing.tiny_task()
+    learner = testing.build_learner(plugin, ConvBlocks(), task, _config(**overrides), SMALL_CONV)
     return learner, task
 
 
 def _regressor(plugin=MetaCritic, **overrides):
-    task = conformance.tiny_task(kind="regression")
-    return conformance.build_learner(plugin, MLP(), task, _config(**overrides), MLP_CONFIG), task
+    task = testing.tiny_task(kind="regression")
+    return testing.build_learner(plugin, MLP(), task, _config(**overrides), MLP_CONFIG), task
 
 
 def _critic_variables(learner):
@@ -63,7 +61,7 @@ def test_config_is_prefixed_defaults_fill_in_and_unknown_values_fail():
     assert all(p.name.startswith("meta_critic/") for p in hp.space)
     assert {"critic_units", "embedding_dim", "support_loss_weight", "value_weight"} <= set(config)
     backbone = MLP().build(MLP_CONFIG, (1,))
-    task = conformance.tiny_task(kind="regression")
+    task = testing.tiny_task(kind="regression")
     learner = MetaCritic(backbone, {}, task)
     # Regression has no prototypes: the default proto head becomes the learned one.
     assert learner.head_init == "learned" and learner.critic_units == 64
@@ -84,7 +82,7 @@ def test_the_critic_changes_the_adaptation_and_a_silent_critic_is_maml(kind):
         [*maml.backbone.weights, maml.head_kernel, maml.head_bias],
     ):
         target.assign(source)
-    episode = conformance.tiny_episode(task)
+    episode = testing.tiny_episode(task)
     n = 1 if task.is_regression else task.n_way
 
     def fast(learner):
@@ -99,7 +97,7 @@ def test_the_critic_changes_the_adaptation_and_a_silent_critic_is_maml(kind):
 
 
 def _support_permutation_pair(learner, task, n):
-    episode = conformance.tiny_episode(task, seed=3)
+    episode = testing.tiny_episode(task, seed=3)
     order = np.random.default_rng(0).permutation(int(episode.support_images.shape[0]))
     shuffled = (tf.gather(episode.support_images, order), tf.gather(episode.support_labels, order))
     first = learner.task_context(episode.support_images, episode.support_labels, n, False)
@@ -133,8 +131,8 @@ def test_task_context_ignores_the_order_of_the_support_points(kind):
 
 
 def _critic_gradients(learner, task):
-    episode = conformance.tiny_episode(task)
-    trainer = MetaTrainer(learner, conformance._normalization(task), 1e-3, 1, jit_compile=False)
+    episode = testing.tiny_episode(task)
+    trainer = MetaTrainer(learner, testing.task_normalization(task), 1e-3, 1, jit_compile=False)
     trainer.build(episode)
     variables = _critic_variables(learner)
     with tf.GradientTape() as tape:
@@ -161,7 +159,7 @@ def test_the_query_loss_teaches_the_critic_through_the_inner_loop(kind):
 
 def test_shapes_for_other_numbers_of_classes_and_for_regression():
     learner, task = _classifier(head_init="zero")
-    five_way = conformance.tiny_episode(dataclasses.replace(task, n_way=5, k_shot=2))
+    five_way = testing.tiny_episode(dataclasses.replace(task, n_way=5, k_shot=2))
     state = learner.adapt(five_way.support_images, five_way.support_labels, 5)
     assert learner.predict(state, five_way.query_images).shape == (10, 5)
     context = learner._last_context
@@ -169,7 +167,7 @@ def test_shapes_for_other_numbers_of_classes_and_for_regression():
     assert context["coefficients"].shape == (10, 3)
 
     regressor, rtask = _regressor()
-    episode = conformance.tiny_episode(rtask)
+    episode = testing.tiny_episode(rtask)
     state = regressor.adapt(episode.support_images, episode.support_labels, 1)
     assert regressor.predict(state, episode.query_images).shape == (rtask.n_query, 1)
     outputs = regressor.predict(state, episode.support_images)

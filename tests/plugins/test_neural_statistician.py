@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from metasearch import conformance
+from metasearch import testing
 from metasearch.api import TaskSpec
 from metasearch.plugins.neural_statistician import NeuralStatistician, kl_logits
 from metasearch.search_spaces.conv_blocks import ConvBlocks
@@ -19,15 +19,15 @@ CONFIG = {"context_dim": 16, "latent_dim": 8, "classification_weight": 1.0, "dec
 
 
 def _learner(task=None, config=None, space_config=None):
-    task = task or conformance.tiny_task()
-    learner = conformance.build_learner(
+    task = task or testing.tiny_task()
+    learner = testing.build_learner(
         NeuralStatistician, ConvBlocks, task, config or CONFIG, space_config or SMALL
     )
     return learner, task
 
 
 def _normalized_episode(task, seed=0):
-    episode = conformance.tiny_episode(task, seed=seed)
+    episode = testing.tiny_episode(task, seed=seed)
     return episode._replace(
         support_images=(episode.support_images - 0.5) / 0.3,
         query_images=(episode.query_images - 0.5) / 0.3,
@@ -60,7 +60,7 @@ def test_sample_config_declares_the_space_with_defaults():
 
 
 def test_missing_keys_take_defaults_and_bad_values_are_rejected():
-    task = conformance.tiny_task()
+    task = testing.tiny_task()
     backbone = ConvBlocks().build(SMALL, task.image_shape)
     learner = NeuralStatistician(backbone, {"latent_dim": 8}, task)
     assert (learner.context_dim, learner.latent_dim, learner.classification_weight) == (64, 8, 1.0)
@@ -213,10 +213,10 @@ def test_elbo_kl_terms_are_non_negative_and_reconstruction_improves():
 # decoder's 84x84x3 path (upsampling past the size, then a resize) is checked here.
 @pytest.mark.slow
 def test_traces_runs_and_generates_at_84x84x3():
-    task = conformance.tiny_task(84, 3)
+    task = testing.tiny_task(84, 3)
     learner, _ = _learner(task, space_config={"depth": 1, "filters": 16, "growth": 1.0})
-    conformance.check_traces_with_variable_batch(learner, task)
-    conformance.check_runs(learner, task)
+    testing.check_traces_with_variable_batch(learner, task)
+    testing.check_runs(learner, task)
     samples = learner.generate(
         _normalized_episode(task).support_images[:2], 3, tf.constant([0, 1], tf.int32)
     )

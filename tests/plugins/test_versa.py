@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from metasearch import conformance
+from metasearch import testing
 from metasearch.api import DatasetOptions, TaskSpec, class_means
 from metasearch.data.sinusoid import Sinusoid
 from metasearch.plugins.protonet import PrototypicalNetworks, squared_distances
@@ -27,12 +27,12 @@ SINE_MLP = {"depth": 2, "units": 40, "activation": "relu"}
 
 
 def _classifier(**config):
-    task = conformance.tiny_task()
-    return conformance.build_learner(Versa, ConvBlocks(), task, config or None, SMALL_CONV), task
+    task = testing.tiny_task()
+    return testing.build_learner(Versa, ConvBlocks(), task, config or None, SMALL_CONV), task
 
 
 def _normalized_episode(task, seed=0):
-    episode = conformance.tiny_episode(task, seed)
+    episode = testing.tiny_episode(task, seed)
     if task.is_regression:
         return episode
     return episode._replace(
@@ -61,7 +61,7 @@ def test_config_defaults_prefixes_and_validation():
     backbone = ConvBlocks().build(SMALL_CONV, (28, 28, 1))
     for bad in ({"eval_weights": "mode"}, {"train_samples": 3}, {"hidden_units": 7}):
         with pytest.raises(ValueError, match="versa"):
-            Versa(backbone, bad, conformance.tiny_task())
+            Versa(backbone, bad, testing.tiny_task())
 
 
 def test_predictive_maths_match_a_hand_computation():
@@ -133,7 +133,7 @@ def test_zero_residual_starts_as_prototypical_networks():
 def test_evaluation_is_deterministic_and_training_samples_differ():
     mean_learner, task = _classifier(eval_weights="mean")
     sampled, _ = _classifier(eval_weights="samples")
-    episode = conformance.tiny_episode(task)
+    episode = testing.tiny_episode(task)
     args = (episode.support_images, episode.support_labels, episode.query_images, 3)
     outputs = {}
     for name, learner in (("mean", mean_learner), ("samples", sampled)):
@@ -160,7 +160,7 @@ def test_evaluation_is_deterministic_and_training_samples_differ():
 
 def test_regression_predicts_targets_of_any_width_and_learns_sine_waves():
     task = TaskSpec(1, 5, 7, (1,), kind="regression", target_dim=2)
-    learner = conformance.build_learner(Versa, MLP(), task, {}, SINE_MLP)
+    learner = testing.build_learner(Versa, MLP(), task, {}, SINE_MLP)
     x = tf.random.normal([5, 1])
     state = learner.adapt(x, tf.random.normal([5, 2]), 1)
     assert state["weight_mean"].shape == (40, 2) and state["bias_scale"].shape == (2,)
@@ -183,15 +183,15 @@ def test_regression_predicts_targets_of_any_width_and_learns_sine_waves():
 def test_conformance_with_sampled_evaluation(tmp_path):
     # test_conformance.py runs the defaults (with XLA) once the plugin is
     # registered; sampled evaluation under XLA is checked above.
-    task = conformance.tiny_task()
+    task = testing.tiny_task()
     config = {"eval_weights": "samples", "train_samples": 5, "embedding_dim": 64}
-    learner = conformance.build_learner(
+    learner = testing.build_learner(
         Versa, ConvBlocks(ConvBlocks.test_options()), task, config, SMALL_CONV
     )
     # The fixed-seed samples are ops of the graph: a reload reproduces them. The
     # TensorFlow-only process is tested for the defaults by test_conformance.py.
-    conformance.check_export_round_trip(learner, task, str(tmp_path), fresh_process=False)
+    testing.check_export_round_trip(learner, task, str(tmp_path), fresh_process=False)
 
-    task = conformance.tiny_task(kind="regression")
-    learner = conformance.build_learner(Versa, MLP(), task, {"eval_weights": "samples"})
-    conformance.check_export_round_trip(learner, task, str(tmp_path), fresh_process=False)
+    task = testing.tiny_task(kind="regression")
+    learner = testing.build_learner(Versa, MLP(), task, {"eval_weights": "samples"})
+    testing.check_export_round_trip(learner, task, str(tmp_path), fresh_process=False)
