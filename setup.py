@@ -16,6 +16,7 @@ setup(
     packages=[
         "metasearch",
         "metasearch.data",
+        "metasearch.strategies",
         "metasearch.plugins",
         "metasearch.search_spaces",
     ],
@@ -27,7 +28,9 @@ setup(
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3",
-        "keras-tuner[bayesian]>=1.4",  # the extra brings what --strategy=bayesian needs
+        # metasearch.kt_adapter relies on keras-tuner internals checked against these
+        # releases (tests/test_kt_adapter.py); the extra brings what --strategy=bayesian needs.
+        "keras-tuner[bayesian]>=1.4.7,<1.4.9",
         # The [tf] extra brings tf-keras, without which tfp.distributions will not load on TF.
         "tensorflow-probability[tf]>=0.24",
         "absl-py>=1.0",
@@ -70,6 +73,14 @@ setup(
             "glyphs = metasearch.data.glyphs:Glyphs",
             "omniglot = metasearch.data.omniglot:Omniglot",
             "sinusoid = metasearch.data.sinusoid:Sinusoid",
+        ],
+        "metasearch.strategies": [
+            "random = metasearch.strategies.random_search:RandomOracle",
+            "grid = metasearch.strategies.grid_search:GridOracle",
+            "bayesian = metasearch.strategies.bayesian:BayesianOracle",
+            "hyperband = metasearch.strategies.hyperband:HyperbandOracle",
+            "evolution = metasearch.strategies.evolution:EvolutionOracle",
+            "controller = metasearch.strategies.controller:ControllerOracle",
         ],
     },
 )

@@ -25,13 +25,12 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
 from typing import Any
 
 import keras_tuner
-from keras_tuner.src.engine import trial as trial_module
-from keras_tuner.src.engine.oracle import synchronized
+from keras_tuner.engine import trial as trial_module
 
+from metasearch import kt_adapter
 from metasearch.errors import UsageError
 
 TUNER_ID = "KERASTUNER_TUNER_ID"
@@ -58,27 +57,34 @@ def address() -> str:
 
 
 class LivenessMixin:
-    """Oracle mixin: heartbeats, handing over stale trials, waiting instead of stopping.
+    """Oracle behaviour for distributed searches: heartbeats, stale trials, waiting not stopping.
 
-    Mixed in front of any keras-tuner `Oracle` subclass (see `with_liveness`).
+    Part of every strategy oracle (`metasearch.strategies.StrategyOracle`
+    inherits it), in front of a `metasearch.kt_adapter` oracle:
+
+    * `update_trial` with `HEARTBEAT_METRIC` among the metrics only records
+      that the trial's worker is alive;
+    * `hand_over_stale_trials(timeout)` queues the trials of workers silent for
+      `timeout` seconds for the next worker that asks (`serve` calls it);
+    * `create_trial` answers IDLE instead of STOPPED while trials still run or
+      wait to be retried, so that a worker is left to take them over.
     """
 
-    def _liveness_state(self) -> tuple[dict[str, float], dict[str, float]]:
-        if not hasattr(self, "_tuner_seen"):
-            self._tuner_seen: dict[str, float] = {}
-            self._trial_seen: dict[str, float] = {}
-        return self._tuner_seen, self._trial_seen
+    def __init__(self, *args, **kwargs):
+        # When each tuner last asked for a trial, when each trial last beat.
+        self._tuner_seen: dict[str, float] = {}
+        self._trial_seen: dict[str, float] = {}
+        super().__init__(*args, **kwargs)
 
-    @synchronized
+    @keras_tuner.synchronized
     def create_trial(self, tuner_id):
-        tuner_seen, trial_seen = self._liveness_state()
         now = time.time()
-        tuner_seen[tuner_id] = now
+        self._tuner_seen[tuner_id] = now
         trial = super().create_trial(tuner_id)
         if trial.status == trial_module.TrialStatus.RUNNING:
-            trial_seen[trial.trial_id] = now
+            self._trial_seen[trial.trial_id] = now
         elif trial.status == trial_module.TrialStatus.STOPPED and (
-            self.ongoing_trials or self._retry_queue
+            self.ongoing_trials or self.retry_queue
         ):
             # keras-tuner forgets a tuner it told to stop; keep it, it may be needed.
             self.tuner_ids.add(tuner_id)
@@ -89,31 +95,31 @@ class LivenessMixin:
             )
         return trial
 
-    @synchronized
+    @keras_tuner.synchronized
     def update_trial(self, trial_id, metrics, step=0):
         if HEARTBEAT_METRIC in metrics:
-            _, trial_seen = self._liveness_state()
-            trial_seen[trial_id] = time.time()
+            self._trial_seen[trial_id] = time.time()
             return self.trials[trial_id]
         return super().update_trial(trial_id, metrics, step=step)
 
-    @synchronized
+    @keras_tuner.synchronized
     def hand_over_stale_trials(self, timeout: float) -> list[tuple[str, str]]:
         """Queues the trials of workers silent for `timeout` s for others; returns (trial, tuner)."""
-        tuner_seen, trial_seen = self._liveness_state()
         now = time.time()
         handed = []
         for tuner_id, trial in list(self.ongoing_trials.items()):
-            seen = max(trial_seen.get(trial.trial_id, 0.0), tuner_seen.get(tuner_id, 0.0))
+            seen = max(
+                self._trial_seen.get(trial.trial_id, 0.0), self._tuner_seen.get(tuner_id, 0.0)
+            )
             if now - seen > timeout:
                 del self.ongoing_trials[tuner_id]
                 self.tuner_ids.discard(tuner_id)
-                self._retry_queue.append(trial.trial_id)
+                self.retry_queue.append(trial.trial_id)
                 handed.append((trial.trial_id, tuner_id))
         for tuner_id in list(self.tuner_ids):
             if (
                 tuner_id not in self.ongoing_trials
-                and now - tuner_seen.get(tuner_id, now) > timeout
+                and now - self._tuner_seen.get(tuner_id, now) > timeout
             ):
                 self.tuner_ids.discard(tuner_id)
         if handed:
@@ -122,9 +128,16 @@ class LivenessMixin:
 
 
 def with_liveness(oracle: keras_tuner.Oracle) -> keras_tuner.Oracle:
-    """Returns `oracle` with `LivenessMixin` in front of its class (same state)."""
+    """Returns `oracle` unchanged, after checking it has liveness (`LivenessMixin`).
+
+    Every oracle `metasearch.strategies.make_oracle` builds has it by
+    construction; this check remains for callers written before that.
+    """
     if not isinstance(oracle, LivenessMixin):
-        oracle.__class__ = type(f"Live{type(oracle).__name__}", (LivenessMixin, type(oracle)), {})
+        raise TypeError(
+            f"{type(oracle).__name__} has no liveness: a distributed search needs an oracle "
+            "of metasearch.strategies (a StrategyOracle subclass)"
+        )
     return oracle
 
 
@@ -135,18 +148,8 @@ def serve(
     poll_seconds: float = 0.5,
 ) -> None:
     """Serves `oracle` to workers until every trial has ended and every worker has stopped."""
-    import grpc
-    from keras_tuner.src import protos
-    from keras_tuner.src.distribute import oracle_chief
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    servicer = oracle_chief.OracleServicer(oracle)
-    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
-    try:
-        bound = server.add_insecure_port(address())
-    except RuntimeError:
-        bound = 0
-    if not bound:
+    server = kt_adapter.OracleServer(oracle, address())
+    if not server.port:
         raise UsageError(f"{ORACLE_IP}/{ORACLE_PORT}: the chief cannot listen on {address()}")
     server.start()
     report(f"chief: serving the oracle on {address()}; waiting for workers")
@@ -163,7 +166,7 @@ def serve(
                 trial = oracle.trials[oracle.end_order[ended]]
                 report(f"chief: trial {trial.trial_id} {trial.status.lower()}")
                 ended += 1
-            if servicer.stop_triggered and oracle_chief.exit_chief(oracle):
+            if server.finished():
                 break
     finally:
         server.stop(grace=2)

@@ -96,14 +96,20 @@ def _is_number(row: list[str], index: int) -> bool:
 
 
 def keep_in_memory(oracle) -> None:
-    """Stops `oracle` writing trial and state files, for simulated searches.
+    """Puts `oracle` in its in-memory mode: no trial or state files, for simulated searches.
 
     keras-tuner's oracles save after every change, which needs a project
-    directory and dominates the cost of a tabular query. The oracle's
-    behaviour is otherwise unchanged (`get_state` still returns everything).
+    directory and dominates the cost of a tabular query. Every strategy
+    oracle (and every `metasearch.kt_adapter` oracle) has the mode
+    (`persist = False`); its behaviour is otherwise unchanged (`get_state`
+    still returns everything). Other oracles raise `TypeError`.
     """
-    oracle._save_trial = lambda trial: None
-    oracle.save = lambda: None
+    if not isinstance(getattr(type(oracle), "persist", None), bool):
+        raise TypeError(
+            f"keep_in_memory: {type(oracle).__name__} has no in-memory mode (use a "
+            "metasearch.strategies or metasearch.kt_adapter oracle)"
+        )
+    oracle.persist = False
     oracle.verbose = 0
 
 

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import random
 import shutil
+import time
 from pathlib import Path
 
 import keras_tuner
 import numpy as np
 import pytest
 
-from metasearch import strategies, tabular
+from metasearch import distributed, registry, strategies, tabular
 from metasearch.errors import UsageError
+from metasearch.options import Option
+from metasearch.strategies.base import StrategyOracle
+from metasearch.strategies.controller import ControllerOracle
+from metasearch.strategies.evolution import EvolutionOracle
 
 OPS = ["skip_connect", "none", "nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3"]
 EDGES = ["edge_1_2", "edge_1_3", "edge_1_4", "edge_2_3", "edge_2_4", "edge_3_4"]
@@ -25,6 +32,8 @@ NB201_TABLE = (
     / "nb201_val_accuracy.csv"
 )
 OBJECTIVE = keras_tuner.Objective("score", "max")
+STRATEGIES = registry.names("strategy")
+BUILT_INS = ["bayesian", "controller", "evolution", "grid", "hyperband", "random"]
 
 
 def cell_space(fixed: bool = True) -> keras_tuner.HyperParameters:
@@ -80,21 +89,130 @@ def differences(a, b) -> list[str]:
 
 
 def test_make_oracle_builds_every_strategy_with_the_constraint_hook():
-    for name in strategies.STRATEGIES:
+    assert set(BUILT_INS) <= set(STRATEGIES)
+    for name in STRATEGIES:
         oracle = oracle_for(name, cell_space())
         assert isinstance(oracle, keras_tuner.Oracle), name
+        assert isinstance(oracle, StrategyOracle), name
         assert oracle.candidate_filter is None and oracle.rejected == []
-    assert isinstance(oracle_for("evolution", cell_space()), strategies.EvolutionOracle)
-    assert isinstance(oracle_for("controller", cell_space()), strategies.ControllerOracle)
+    assert isinstance(oracle_for("evolution", cell_space()), EvolutionOracle)
+    assert isinstance(oracle_for("controller", cell_space()), ControllerOracle)
 
 
 def test_make_oracle_rejects_unknown_names_and_options():
-    with pytest.raises(UsageError, match=r"--strategy: unknown strategy 'x'; known: random, "):
+    with pytest.raises(
+        UsageError,
+        match=r"--strategy: unknown strategy 'x'; known: bayesian, controller, evolution, grid, "
+        r"hyperband, random",
+    ):
         oracle_for("x", cell_space())
-    with pytest.raises(UsageError, match="unknown option.*population; known: population_size"):
-        oracle_for("evolution", cell_space(), population=3)
+    with pytest.raises(
+        UsageError,
+        match=r"--strategy=evolution: unknown option.* population_size; "
+        r"known: population, sample_size",
+    ):
+        oracle_for("evolution", cell_space(), population_size=3)
     with pytest.raises(UsageError, match="sample_size"):
-        oracle_for("evolution", cell_space(), population_size=3, sample_size=5)
+        oracle_for("evolution", cell_space(), population=3, sample_size=5)
+    with pytest.raises(UsageError, match=r"--evolution_population: 'many' is not an integer"):
+        oracle_for("evolution", cell_space(), population="many")
+    with pytest.raises(UsageError, match=r"--strategy=random: unknown option.* x; known: none"):
+        oracle_for("random", cell_space(), x=1)
+
+
+# Every option each strategy had before they declared them (the CLI's flags
+# `--<strategy>_<option>` are named after them).
+DECLARED_OPTIONS = {
+    "random": [],
+    "grid": [],
+    "bayesian": [
+        "num_initial_points",
+        "alpha",
+        "beta",
+        "pool_size",
+        "neighbour_parents",
+        "gp_restarts",
+        "rank_scores",
+    ],
+    "hyperband": ["max_epochs", "factor", "hyperband_iterations"],
+    "evolution": ["population", "sample_size"],
+    "controller": [
+        "learning_rate",
+        "hidden_size",
+        "embedding_size",
+        "baseline_decay",
+        "entropy_weight",
+        "temperature",
+        "tanh_constant",
+        "grid_points",
+        "max_resamples",
+        "clip_norm",
+        "advantage_clip",
+    ],
+}
+# Defaults that differ from the constructors' (product choices), or mean "unset".
+PRODUCT_DEFAULTS = {("hyperband", "max_epochs"): 9, ("hyperband", "hyperband_iterations"): None}
+
+
+def _constructor_default(cls, argument):
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            parameter = inspect.signature(klass.__init__).parameters.get(argument)
+            if parameter is not None and parameter.default is not inspect.Parameter.empty:
+                return parameter.default
+    raise AssertionError(f"{cls.__name__} takes no argument {argument}")
+
+
+@pytest.mark.parametrize("strategy", BUILT_INS)
+def test_strategies_declare_their_options_with_the_constructors_defaults(strategy):
+    cls = strategies.strategy_class(strategy)
+    assert all(isinstance(option, Option) for option in cls.OPTIONS)
+    assert [option.name for option in cls.OPTIONS] == DECLARED_OPTIONS[strategy]
+    for option in cls.OPTIONS:
+        argument = cls.OPTION_ARGUMENTS.get(option.name, option.name)
+        expected = PRODUCT_DEFAULTS.get(
+            (strategy, option.name), _constructor_default(cls, argument)
+        )
+        assert option.default == expected, (strategy, option.name)
+        assert option.help, (strategy, option.name)
+
+
+def test_options_reach_the_constructor():
+    evolution = oracle_for("evolution", cell_space(), population=7, sample_size=3)
+    assert (evolution.population_size, evolution.sample_size) == (7, 3)
+    assert (oracle_for("evolution", cell_space()).population_size, evolution.sample_size) == (20, 3)
+    controller = oracle_for("controller", cell_space(), learning_rate=0.5, tanh_constant=None)
+    assert controller.settings["learning_rate"] == 0.5
+    assert controller.settings["tanh_constant"] is None
+    hyperband = oracle_for("hyperband", cell_space())
+    assert (hyperband.max_epochs, hyperband.factor) == (9, 3)
+    assert hyperband.hyperband_iterations == float("inf")  # max_trials caps it instead
+    bayesian = oracle_for("bayesian", cell_space(), pool_size=50, beta=1.0, rank_scores=False)
+    assert (bayesian.pool_size, bayesian.beta, bayesian.rank_scores) == (50, 1.0, False)
+    assert (bayesian.num_initial_points, bayesian.alpha) == (10, 1e-4)
+
+
+def test_a_strategy_written_from_scratch_needs_only_propose():
+    class Defaults(StrategyOracle):
+        """Proposes the defaults, then stops."""
+
+        OPTIONS = (Option("repeat", int, 1, "how often"),)
+
+        def __init__(self, repeat=1, **kwargs):
+            super().__init__(**kwargs)
+            self.repeat = repeat
+
+        def propose(self, trial_id):
+            if len(self.trials) >= self.repeat or self.is_duplicate({"a": 0, "b": 0, "c": 0}):
+                return {"status": "STOPPED", "values": None}
+            return {"status": "RUNNING", "values": {"a": 0, "b": 0, "c": 0}}
+
+    oracle = Defaults.from_options(
+        {"repeat": 1}, objective=OBJECTIVE, max_trials=5, seed=1, hyperparameters=small_space()
+    )
+    tabular.keep_in_memory(oracle)
+    assert tabular.simulate(oracle, lambda hp: 1.0, 5, "score") == [1.0]
+    assert distributed.with_liveness(oracle) is oracle
 
 
 def test_hyperband_stops_at_max_trials_and_its_state_is_json():
@@ -107,11 +225,26 @@ def test_hyperband_stops_at_max_trials_and_its_state_is_json():
     json.dumps(oracle.get_state(), allow_nan=False)
 
 
+def test_strategies_import_neither_flags_nor_absl():
+    package = Path(strategies.__file__).parent
+    imported = [package.parent / "kt_adapter.py", package.parent / "distributed.py"]
+    for module in [*sorted(package.glob("*.py")), *imported]:
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(("absl", "metasearch.flags")), (module.name, name)
+
+
 # --------------------------------------------------------------------------- evolution
 
 
 def test_evolution_mutates_exactly_one_hyperparameter_of_a_living_member():
-    oracle = oracle_for("evolution", cell_space(), population_size=5, sample_size=2)
+    oracle = oracle_for("evolution", cell_space(), population=5, sample_size=2)
     rng = random.Random(0)
     for index in range(60):
         population = [t.hyperparameters.values for t in oracle.population()]
@@ -125,7 +258,7 @@ def test_evolution_mutates_exactly_one_hyperparameter_of_a_living_member():
 
 def test_evolution_ages_out_the_oldest_member():
     # Tournament = whole population: the parent is always the best living member.
-    oracle = oracle_for("evolution", cell_space(fixed=False), population_size=3, sample_size=3)
+    oracle = oracle_for("evolution", cell_space(fixed=False), population=3, sample_size=3)
     first = run_trial(oracle, lambda t: 100.0)  # by far the best, until it ages out
     for _ in range(2):
         run_trial(oracle, lambda t: 1.0 + random.random())
@@ -144,7 +277,7 @@ def test_evolution_ages_out_the_oldest_member():
 
 
 def test_evolution_never_idles_parallel_workers():
-    oracle = oracle_for("evolution", cell_space(), population_size=5, sample_size=2)
+    oracle = oracle_for("evolution", cell_space(), population=5, sample_size=2)
     trials = [oracle.create_trial(f"worker{i}") for i in range(8)]
     assert all(t.status == "RUNNING" for t in trials)
     assert len({json.dumps(t.hyperparameters.values, sort_keys=True) for t in trials}) == 8
@@ -152,7 +285,7 @@ def test_evolution_never_idles_parallel_workers():
 
 @pytest.mark.parametrize("strategy", ["random", "bayesian", "evolution", "controller"])
 def test_no_duplicate_proposals(strategy):
-    options = {"population_size": 4, "sample_size": 2} if strategy == "evolution" else {}
+    options = {"population": 4, "sample_size": 2} if strategy == "evolution" else {}
     oracle = oracle_for(strategy, small_space(), max_trials=27, **options)
     seen = []
     for _ in range(27):
@@ -172,7 +305,7 @@ def test_controller_gradient_matches_finite_differences():
     hp.Boolean("b")
     hp.Int("c", 1, 100, sampling="log")
     hp.Float("d", 0.0, 1.0)
-    oracle = strategies.ControllerOracle(
+    oracle = ControllerOracle(
         objective=OBJECTIVE,
         seed=3,
         hyperparameters=hp,
@@ -233,7 +366,7 @@ def test_state_round_trip_resumes_identically(strategy, tmp_path):
             strategy, objective=OBJECTIVE, max_trials=60, seed=11, hyperparameters=cell_space()
         )
         oracle.verbose = 0
-        oracle._set_project_dir(str(directory), "project")
+        oracle.set_project_dir(str(directory), "project")
         return oracle
 
     def score(trial):
@@ -261,7 +394,7 @@ def test_state_round_trip_resumes_identically(strategy, tmp_path):
 # --------------------------------------------------------------------------- constraint
 
 
-@pytest.mark.parametrize("strategy", strategies.STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_candidate_filter_rejects_records_and_never_trains_rejected(strategy):
     oracle = oracle_for(strategy, cell_space(), max_trials=40)
     checked = []
@@ -284,7 +417,7 @@ def test_candidate_filter_rejects_records_and_never_trains_rejected(strategy):
     assert oracle.get_state()["constraint"]["rejected"] == oracle.rejected
 
 
-@pytest.mark.parametrize("strategy", strategies.STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_candidate_filter_rejecting_everything_stops_the_search(strategy):
     oracle = oracle_for(strategy, cell_space(), max_trials=40)
     oracle.candidate_filter = lambda values: "too big"
@@ -302,6 +435,54 @@ def test_controller_learns_from_rejections():
     # Each rejection was a policy update with the penalty reward.
     assert oracle.updates >= 10 + len(oracle.rejected)
     assert len(oracle.rejected) > 0
+
+
+# --------------------------------------------------------------------------- liveness
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_has_liveness_by_construction(strategy):
+    oracle = oracle_for(strategy, small_space(), max_trials=1)
+    assert isinstance(oracle, distributed.LivenessMixin)
+    assert distributed.with_liveness(oracle) is oracle
+    trial = oracle.create_trial("w0")
+    assert trial.status == "RUNNING"
+    # A heartbeat only records that the worker lives: no metric, no score.
+    oracle.update_trial(trial.trial_id, {distributed.HEARTBEAT_METRIC: time.time()})
+    assert not oracle.trials[trial.trial_id].metrics.exists(distributed.HEARTBEAT_METRIC)
+    # Nothing left to propose, but a trial runs: the other worker waits instead of stopping.
+    assert oracle.create_trial("w1").status == "IDLE"
+    assert "w1" in oracle.tuner_ids
+    # w0 falls silent: its trial goes to the next worker that asks.
+    assert oracle.hand_over_stale_trials(timeout=-1.0) == [(trial.trial_id, "w0")]
+    assert oracle.retry_queue == [trial.trial_id] and not oracle.ongoing_trials
+    taken = oracle.create_trial("w1")
+    assert (taken.status, taken.trial_id) == ("RUNNING", trial.trial_id)
+    run_trial(oracle, lambda t: 1.0, tuner_id="w1")
+    assert oracle.create_trial("w1").status == "STOPPED"
+
+
+def test_with_liveness_refuses_an_oracle_without_it():
+    with pytest.raises(TypeError, match="RandomSearchOracle has no liveness"):
+        distributed.with_liveness(keras_tuner.oracles.RandomSearchOracle(objective=OBJECTIVE))
+
+
+def test_the_base_class_adds_no_name_keras_tuner_has():
+    added = {
+        name
+        for klass in (StrategyOracle, strategies.ConstraintMixin, distributed.LivenessMixin)
+        for name in vars(klass)
+        if not name.startswith("__")
+    }
+    overridden = {"create_trial", "update_trial", "populate_space", "get_state", "set_state"}
+    for kt_class in (
+        keras_tuner.Oracle,
+        keras_tuner.oracles.RandomSearchOracle,
+        keras_tuner.oracles.GridSearchOracle,
+        keras_tuner.oracles.HyperbandOracle,
+        keras_tuner.oracles.BayesianOptimizationOracle,
+    ):
+        assert not (added - overridden) & set(dir(kt_class)), kt_class
 
 
 # --------------------------------------------------------------------------- the table

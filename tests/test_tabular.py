@@ -88,3 +88,25 @@ def test_simulate_runs_one_trial_per_query():
     assert sorted(t.score for t in oracle.trials.values()) == sorted(scores)
     # The 10-value space runs out: the search stops early instead of repeating.
     assert len(tabular.simulate(oracle, lambda h: float(h.get("x")), 50, "score")) <= 5
+
+
+def test_keep_in_memory_writes_nothing_and_needs_an_in_memory_mode(tmp_path):
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("x", list(range(10)))
+    oracle = strategies.make_oracle(
+        "evolution",
+        objective=keras_tuner.Objective("score", "max"),
+        max_trials=50,
+        seed=1,
+        hyperparameters=hp,
+    )
+    oracle.set_project_dir(str(tmp_path), "project")
+    tabular.keep_in_memory(oracle)
+    assert oracle.persist is False and oracle.verbose == 0
+    assert len(tabular.simulate(oracle, lambda h: float(h.get("x")), 5, "score")) == 5
+    assert not list(tmp_path.rglob("*.json"))
+    assert oracle.get_state()["end_order"] == ["00", "01", "02", "03", "04"]
+    # No method is patched: the oracle's class still defines what it does.
+    assert "save" not in vars(oracle) and "_save_trial" not in vars(oracle)
+    with pytest.raises(TypeError, match="RandomSearchOracle has no in-memory mode"):
+        tabular.keep_in_memory(keras_tuner.oracles.RandomSearchOracle())
