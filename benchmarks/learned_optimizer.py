@@ -69,7 +69,7 @@ import tensorflow as tf  # noqa: E402
 from metasearch import learned_optimizers  # noqa: E402
 from metasearch.api import ClassSet, DatasetOptions  # noqa: E402
 from metasearch.data.glyphs import Glyphs  # noqa: E402
-from metasearch.plugins.learned_optimizer import LSTMOptimizer  # noqa: E402
+from metasearch.inner_optimizers import LSTMOptimizer  # noqa: E402
 
 N_WAY = 10
 HIDDEN = 20
@@ -248,7 +248,7 @@ def main(argv=None) -> dict:
     keras.utils.set_random_seed(args.seed)
 
     start = time.perf_counter()
-    options = {"num_classes": args.num_classes, "images_per_class": args.images_per_class}
+    options = {"classes": args.num_classes, "images_per_class": args.images_per_class}
     splits = Glyphs(DatasetOptions(None, args.image_size, 0, options)).load()
     problems = {
         name: Problems(classes, args.steps, args.batch_size, STREAMS[name] + 10 * args.seed)

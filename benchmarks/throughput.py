@@ -252,7 +252,7 @@ def main():
         help="also time a plain hand-written TF second-order MAML step",
     )
     args = parser.parse_args()
-    splits = Glyphs(DatasetOptions(None, 28, 0, {"num_classes": 300})).load()
+    splits = Glyphs(DatasetOptions(None, 28, 0, {"classes": 300})).load()
     load_before = os.getloadavg()
     report = {
         "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",

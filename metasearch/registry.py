@@ -1,8 +1,8 @@
-"""The one registry of plugins, search spaces and data sets, fed by entry points.
+"""The one registry of plugins, search spaces, data sets and strategies, fed by entry points.
 
 Built-ins are registered exactly like third-party packages: through the
-`metasearch.plugins`, `metasearch.search_spaces` and `metasearch.datasets`
-entry-point groups declared in a package's metadata.
+`metasearch.plugins`, `metasearch.search_spaces`, `metasearch.datasets` and
+`metasearch.strategies` entry-point groups declared in a package's metadata.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ GROUPS = {
     "plugin": "metasearch.plugins",
     "search_space": "metasearch.search_spaces",
     "dataset": "metasearch.datasets",
+    "strategy": "metasearch.strategies",
 }
 
 
@@ -41,7 +42,7 @@ def _entry_points(kind: str) -> dict[str, metadata.EntryPoint]:
 
 
 def names(kind: str) -> list[str]:
-    """Sorted names registered for `kind` ('plugin', 'search_space' or 'dataset')."""
+    """Sorted names registered for `kind` ('plugin', 'search_space', 'dataset', 'strategy')."""
     return sorted(_entry_points(kind))
 
 
@@ -62,3 +63,12 @@ def load(kind: str, name: str, flag: str | None = None):
 def clear_cache() -> None:
     """Forgets the scanned entry points (after installing a package at run time)."""
     _entry_points.cache_clear()
+
+
+def registered_name(kind: str, cls: type) -> str | None:
+    """The name `cls` is registered under for `kind`, or None (imports nothing)."""
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    for name, entry_point in _entry_points(kind).items():
+        if entry_point.value == target:
+            return name
+    return None

@@ -43,6 +43,7 @@ import keras
 import keras_tuner
 
 from metasearch.api import CellGraph, Config, SearchSpace
+from metasearch.options import Option
 
 KINDS = ("same", "down", "up")
 # Source offsets (layer, scale) of each edge kind relative to the node it feeds.
@@ -217,23 +218,35 @@ class NeuralFabric(SearchSpace):
     the search chooses from).
     """
 
-    OPTIONS = {"channels": 16, "layers": (4, 6, 8), "scales": (3, 4, 5)}
+    OPTIONS = (
+        Option("channels", int, 16, "channels of every trellis node", lower_bound=1),
+        Option(
+            "layers",
+            list,
+            [4, 6, 8],
+            "trellis depths the search chooses from",
+            item_type=int,
+            lower_bound=2,
+        ),
+        Option(
+            "scales",
+            list,
+            [3, 4, 5],
+            "trellis scales the search chooses from",
+            item_type=int,
+            lower_bound=1,
+        ),
+    )
 
     @classmethod
     def test_options(cls) -> dict[str, Any]:
-        return {"channels": 4, "layers": (2, 3), "scales": (2, 3)}
+        return {"channels": 4, "layers": [2, 3], "scales": [2, 3]}
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)
-        self.options["channels"] = int(self.options["channels"])
-        self.options["layers"] = tuple(int(v) for v in self.options["layers"])
-        self.options["scales"] = tuple(int(v) for v in self.options["scales"])
-        if self.options["channels"] < 1:
-            raise ValueError("fabric: channels must be >= 1")
-        if not self.options["layers"] or min(self.options["layers"]) < 2:
-            raise ValueError(f"fabric: layers must be >= 2, got {self.options['layers']}")
-        if not self.options["scales"] or min(self.options["scales"]) < 1:
-            raise ValueError(f"fabric: scales must be >= 1, got {self.options['scales']}")
+        for name in ("layers", "scales"):
+            if not self.options[name]:
+                raise ValueError(f"fabric: {name} must not be empty")
 
     def sample_config(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
         layer_values, scale_values = self.options["layers"], self.options["scales"]

@@ -32,6 +32,7 @@ import keras
 import keras_tuner
 
 from metasearch.api import CellGraph, Config, SearchSpace
+from metasearch.options import Option
 
 OPS = ("skip_connect", "none", "nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3")
 # (source, target) of each edge, 0-based, in the benchmark's edge order.
@@ -171,7 +172,17 @@ class NASBench201(SearchSpace):
     `stages` (3, as in the benchmark).
     """
 
-    OPTIONS = {"channels": 16, "cells_per_stage": 2, "stages": 3}
+    OPTIONS = (
+        Option("channels", int, 16, "channels of the first stage", lower_bound=1),
+        Option("cells_per_stage", int, 2, "cells per stage (N)", lower_bound=1),
+        Option(
+            "stages",
+            int,
+            3,
+            "stages, each after the first starting with a reduction",
+            lower_bound=1,
+        ),
+    )
     TABLE_KEY_COLUMN = "op_indices"
 
     @classmethod
@@ -179,13 +190,6 @@ class NASBench201(SearchSpace):
         # Two stages still hold every kind of block (cells, a reduction) but
         # roughly halve XLA compile time, which dominates the conformance test.
         return {"channels": 4, "cells_per_stage": 1, "stages": 2}
-
-    def __init__(self, options: Mapping[str, Any] | None = None):
-        super().__init__(options)
-        for name in ("channels", "cells_per_stage", "stages"):
-            self.options[name] = int(self.options[name])
-            if self.options[name] < 1:
-                raise ValueError(f"nasbench201: {name} must be >= 1")
 
     def sample_config(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
         return {

@@ -66,6 +66,7 @@ import keras_tuner
 import tensorflow as tf
 
 from metasearch.api import CellGraph, Config, SearchSpace
+from metasearch.options import Option
 
 OPS = (
     "identity",
@@ -457,33 +458,35 @@ class NASNet(SearchSpace):
     `PRESETS` to fix them).
     """
 
-    OPTIONS: Mapping[str, Any] = {
-        "blocks": 5,
-        "cells_per_stage": 1,
-        "filters": 8,
-        "penultimate_filters": None,
-        "stages": 3,
-        "stem": "auto",
-        "stem_filters": None,
-        "cell": None,
-    }
+    OPTIONS = (
+        Option("blocks", int, 5, "blocks per cell (B)", lower_bound=1),
+        Option("cells_per_stage", int, 1, "normal cells per stage (N)", lower_bound=1),
+        Option("filters", int, 8, "filters of the first stage", lower_bound=2),
+        Option(
+            "penultimate_filters",
+            int,
+            None,
+            "if set, filters = this // 24 as in keras' NASNet",
+            lower_bound=1,
+        ),
+        Option("stages", int, 3, "stages (a reduction cell between two)", lower_bound=1),
+        Option("stem", str, "auto", f"the stem before the cells: {', '.join(STEMS)}"),
+        Option(
+            "stem_filters", int, None, "stem width (default 3F, 32 for imagenet)", lower_bound=1
+        ),
+        Option(
+            "cell",
+            str,
+            None,
+            "a named preset (e.g. nasnet_a) fixing both cells instead of searching them",
+        ),
+    )
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)
         opts = self.options
-        for key in ("blocks", "cells_per_stage", "filters", "stages"):
-            if not _is_int(opts[key]) or opts[key] < 1:
-                raise ValueError(
-                    f"nasnet: option {key} must be a positive integer, got {opts[key]!r}"
-                )
-        if opts["filters"] < 2:
-            raise ValueError("nasnet: option filters must be at least 2")
         if opts["stem"] not in STEMS:
             raise ValueError(f"nasnet: unknown stem {opts['stem']!r}; known: {', '.join(STEMS)}")
-        if opts["stem_filters"] is not None and (
-            not _is_int(opts["stem_filters"]) or opts["stem_filters"] < 1
-        ):
-            raise ValueError("nasnet: option stem_filters must be a positive integer")
         penultimate = opts["penultimate_filters"]
         if penultimate is not None:
             divisor = PENULTIMATE_DIVISOR * FILTER_MULTIPLIER**2

@@ -15,6 +15,7 @@ import numpy as np
 
 from metasearch.api import ClassSet, ClassSplits, Dataset
 from metasearch.errors import UsageError
+from metasearch.options import Option
 
 DEFAULT_CLASSES = 1200
 IMAGES_PER_CLASS = 20
@@ -126,7 +127,7 @@ def generate(
 class Glyphs(Dataset):
     """The built-in procedurally generated character data set (the default).
 
-    Options: `num_classes` (default 1200, at least 1000 recommended) and
+    Options: `classes` (default 1200, at least 1000 recommended) and
     `images_per_class` (default 20). Class sets are 80/10/10 of the classes.
     The data set's own seed is fixed so that "glyphs" names one data set; the
     run's `--seed` only changes how episodes are drawn from it.
@@ -134,10 +135,14 @@ class Glyphs(Dataset):
 
     channels = 1
     data_seed = 20161104
+    OPTIONS = (
+        Option("classes", int, DEFAULT_CLASSES, "number of generated classes"),
+        Option("images_per_class", int, IMAGES_PER_CLASS, "images per class"),
+    )
 
     def load(self) -> ClassSplits:
-        num_classes = int(self.options.options.get("num_classes", DEFAULT_CLASSES))
-        per_class = int(self.options.options.get("images_per_class", IMAGES_PER_CLASS))
+        num_classes = self.options.options["classes"]
+        per_class = self.options.options["images_per_class"]
         if num_classes < 30:
             raise UsageError(f"--glyphs_classes={num_classes}: need at least 30 classes")
         if per_class < 2:

@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from metasearch.api import ClassSet, ClassSplits, Dataset
 from metasearch.data.preprocess import resize_numpy
 from metasearch.errors import UsageError
+from metasearch.options import Option
 
 ARCHIVES = (
     "images_background",
@@ -289,10 +290,29 @@ class Omniglot(Dataset):
     """
 
     channels = 1
+    OPTIONS = (
+        Option(
+            "train",
+            list,
+            [],
+            "meta-train classes, items ARCHIVE or ARCHIVE/ALPHABET, -ITEM removes. "
+            "Unset splits share the unclaimed alphabets.",
+        ),
+        Option("val", list, [], "meta-validation classes (as --omniglot_train)."),
+        Option("test", list, [], "meta-test classes (as --omniglot_train)."),
+        Option(
+            "rotations",
+            str,
+            "none",
+            "add 90/180/270-degree rotations as new classes, in no, the meta-train, or every "
+            "class set.",
+            choices=ROTATION_CHOICES,
+        ),
+    )
 
     def load(self) -> ClassSplits:
         options = self.options.options
-        rotations = options.get("rotations", "none")
+        rotations = options["rotations"]
         if rotations not in ROTATION_CHOICES:
             raise UsageError(
                 f"--omniglot_rotations: {rotations!r} is not one of {ROTATION_CHOICES}"

@@ -23,6 +23,7 @@ import tensorflow as tf
 from metasearch.api import Episode, RegressionDataset
 from metasearch.data import episodes as episodes_lib
 from metasearch.errors import UsageError
+from metasearch.options import Option
 
 DEFAULT_AMPLITUDE = (0.1, 5.0)
 DEFAULT_PHASE = (0.0, math.pi)
@@ -135,6 +136,17 @@ class Sinusoid(RegressionDataset):
     channels = 1
     input_shape = (1,)
     target_dim = 1
+    OPTIONS = (
+        Option(
+            "amplitude",
+            list,
+            list(DEFAULT_AMPLITUDE),
+            "amplitude range LOW,HIGH (Finn et al.).",
+            item_type=float,
+        ),
+        Option("phase", list, list(DEFAULT_PHASE), "phase range LOW,HIGH.", item_type=float),
+        Option("x_range", list, list(DEFAULT_X_RANGE), "input range LOW,HIGH.", item_type=float),
+    )
 
     def load(self) -> None:
         """Checks the options (raising `UsageError` naming the option); returns None."""

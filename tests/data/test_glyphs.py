@@ -31,7 +31,7 @@ def test_instances_of_a_class_are_closer_than_instances_of_different_classes():
 
 
 def test_load_splits_classes_disjointly():
-    splits = glyphs.Glyphs(DatasetOptions(None, 20, 0, {"num_classes": 50})).load()
+    splits = glyphs.Glyphs(DatasetOptions(None, 20, 0, {"classes": 50})).load()
     names = [set(s.names) for _, s in splits.items()]
     assert sum(len(n) for n in names) == 50
     assert not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
@@ -40,4 +40,4 @@ def test_load_splits_classes_disjointly():
 
 def test_too_few_classes_is_a_usage_error():
     with pytest.raises(UsageError, match="--glyphs_classes"):
-        glyphs.Glyphs(DatasetOptions(None, 20, 0, {"num_classes": 3})).load()
+        glyphs.Glyphs(DatasetOptions(None, 20, 0, {"classes": 3})).load()

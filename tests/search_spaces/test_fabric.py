@@ -9,7 +9,7 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from metasearch import conformance
+from metasearch import testing
 from metasearch.search_spaces.fabric import (
     NeuralFabric,
     active_edges,
@@ -133,7 +133,7 @@ def test_up_edges_crop_odd_sizes():
 def test_same_hyperparameters_declared_for_every_sample():
     space = NeuralFabric()
     names = None
-    for config in conformance.sample_configs(space, 5, seed=4):
+    for config in testing.sample_configs(space, 5, seed=4):
         hp = keras_tuner.HyperParameters()
         space.sample_config(hp)
         assert config["channels"] == 16
@@ -145,7 +145,7 @@ def test_same_hyperparameters_declared_for_every_sample():
 
 
 def test_default_config_is_full_fabric_pruned_to_coarsest_output():
-    config = conformance.sample_configs(NeuralFabric(), 1)[0]
+    config = testing.sample_configs(NeuralFabric(), 1)[0]
     assert (config["layers"], config["scales"]) == (6, 4)
     # Each layer moves at most one scale coarser, so a node LlSs feeds the
     # output L5S3 only if it can still get there: (3 - s) <= (5 - l).
@@ -156,7 +156,7 @@ def test_default_config_is_full_fabric_pruned_to_coarsest_output():
 
 def test_genotype_round_trip_and_bad_input():
     space = _space()
-    for config in conformance.sample_configs(space, 30, seed=2):
+    for config in testing.sample_configs(space, 30, seed=2):
         genotype = json.loads(json.dumps(space.genotype(config)))
         assert space.config_from_genotype(genotype) == config
     bad = [

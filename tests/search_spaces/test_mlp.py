@@ -4,7 +4,7 @@ import keras_tuner
 import numpy as np
 import tensorflow as tf
 
-from metasearch import conformance, registry
+from metasearch import registry, testing
 from metasearch.search_spaces.mlp import MLP
 
 
@@ -43,7 +43,7 @@ def test_builds_for_images():
 
 def test_every_sampled_config_builds_and_traces_with_variable_batch():
     space = MLP(MLP.test_options())
-    configs = conformance.sample_configs(space, 10)
+    configs = testing.sample_configs(space, 10)
     assert len({space.describe(c) for c in configs}) > 3
     for config in configs:
         model = space.build(config, (1,))

@@ -11,7 +11,7 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from metasearch import conformance
+from metasearch import testing
 from metasearch.plugins.protonet import PrototypicalNetworks
 from metasearch.search_spaces.nasbench201 import (
     EDGE_KEYS,
@@ -77,7 +77,7 @@ def test_table_key_finds_the_row_with_our_arch_string(table_rows):
     by_key = {row["op_indices"]: row["arch"] for row in table_rows}
     assert len(by_key) == 5**6
     space = NASBench201()
-    configs = conformance.sample_configs(space, 25, seed=5)
+    configs = testing.sample_configs(space, 25, seed=5)
     configs.append(dict.fromkeys(EDGE_KEYS, "none"))
     for config in configs:
         assert by_key[table_key(config)] == arch_string(config)
@@ -110,7 +110,7 @@ def test_bad_arch_strings_raise(arch):
 
 def test_genotype_round_trip_and_bad_input():
     space = NASBench201()
-    for config in conformance.sample_configs(space, 30, seed=6):
+    for config in testing.sample_configs(space, 30, seed=6):
         genotype = json.loads(json.dumps(space.genotype(config)))
         assert set(genotype) == {"arch"}
         assert space.config_from_genotype(genotype) == config
@@ -204,15 +204,15 @@ def test_cell_graph_omits_none_and_describe():
 def test_degenerate_cells_build_and_train_without_nan(arch):
     space = NASBench201({"channels": 4, "cells_per_stage": 1})  # all three stages
     config = config_from_arch_string(arch)
-    task = conformance.tiny_task()
-    learner = conformance.build_learner(PrototypicalNetworks, space, task, space_config=config)
+    task = testing.tiny_task()
+    learner = testing.build_learner(PrototypicalNetworks, space, task, space_config=config)
     cell = space.cells(config, learner.backbone)["cell"]
     probe = np.random.default_rng(1).normal(size=(2, 28, 28, 4)).astype(np.float32)
     if "skip_connect~0|none~1|none~2" in arch:
         np.testing.assert_allclose(cell(probe), probe)
     else:
         assert not np.any(cell(probe))
-    episode = conformance.tiny_episode(task)
+    episode = testing.tiny_episode(task)
     trainer = MetaTrainer(learner, (0.5, 0.3), 3e-3, 3, jit_compile=False)
     trainer.build(episode)
     for _ in range(3):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from metasearch import conformance
+from metasearch import testing
 from metasearch.search_spaces.nasnet import (
     OPS,
     PRESETS,
@@ -145,7 +145,7 @@ def test_options_are_validated():
 
 def test_genotype_json_round_trips_for_200_random_samples():
     space = NASNet()
-    configs = conformance.sample_configs(space, 200, seed=7)
+    configs = testing.sample_configs(space, 200, seed=7)
     assert len({json.dumps(c, sort_keys=True) for c in configs}) > 190
     for config in configs:
         text = json.dumps(space.genotype(config))
@@ -226,7 +226,7 @@ def test_every_operation_builds_in_both_cells_and_compiles_with_xla():
 def test_random_genotypes_fit_at_odd_resolutions_and_both_stems():
     # 28 -> 14 -> 7 -> 4 and 84 -> 21 -> 11 -> 6: every reduction meets an odd side.
     space = NASNet({"blocks": 3, "cells_per_stage": 1, "filters": 2, "stages": 4})
-    for index, config in enumerate(conformance.sample_configs(space, 4, seed=5)[1:]):
+    for index, config in enumerate(testing.sample_configs(space, 4, seed=5)[1:]):
         shape = (28, 28, 1) if index % 2 else (84, 84, 3)
         backbone = space.build(config, shape)
         assert space.stem_for(shape) == ("small" if shape[0] == 28 else "strided")
@@ -240,7 +240,7 @@ def _two_input_call(cell):
 def test_cells_export_as_saved_models_with_the_trained_weights(tmp_path):
     keras.utils.set_random_seed(1)
     space = NASNet({**TINY, "blocks": 3, "cells_per_stage": 2})
-    config = conformance.sample_configs(space, 2, seed=11)[1]
+    config = testing.sample_configs(space, 2, seed=11)[1]
     backbone = space.build(config, (28, 28, 1))
     optimizer = keras.optimizers.SGD(0.1)
     images = tf.random.normal([4, 28, 28, 1])
