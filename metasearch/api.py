@@ -28,6 +28,10 @@ import keras_tuner
 import numpy as np
 import tensorflow as tf
 
+from metasearch import options as options_lib
+from metasearch import registry
+from metasearch.options import Option
+
 Config = Mapping[str, Any]
 
 
@@ -104,9 +108,11 @@ class SearchSpace(abc.ABC):
     """A family of backbones: images `[batch, h, w, c]` to features `[batch, d]`.
 
     A search space is instantiated with its options (`SearchSpace(options)`),
-    settings from flags that shape the space itself rather than being searched
-    (e.g. NASNet's number of blocks per cell). `OPTIONS` lists every option and
-    its default; unknown option names raise `ValueError`.
+    settings that shape the space itself rather than being searched (e.g.
+    NASNet's number of blocks per cell). `OPTIONS` declares every option
+    (`metasearch.options.Option`: name, type, default, help); the CLI makes
+    each one the flag `--<space>_<option>`. Instances get `self.options`, the
+    complete checked values; unknown names or bad values raise `ValueError`.
 
     Contract:
     * `sample_config(hp)` declares the architecture's hyperparameters on the
@@ -136,18 +142,17 @@ class SearchSpace(abc.ABC):
       the architecture's key in the table's `TABLE_KEY_COLUMN`.
     """
 
-    OPTIONS: Mapping[str, Any] = {}
+    OPTIONS: tuple[Option, ...] = ()
     TABLE_KEY_COLUMN: str | None = None
 
     def __init__(self, options: Mapping[str, Any] | None = None):
-        options = dict(options or {})
-        unknown = sorted(set(options) - set(self.OPTIONS))
-        if unknown:
-            known = ", ".join(sorted(self.OPTIONS)) or "none"
-            raise ValueError(
-                f"{type(self).__name__}: unknown options {', '.join(unknown)}; known: {known}"
-            )
-        self.options = {**self.OPTIONS, **options}
+        self.options = options_lib.resolve(
+            self.OPTIONS,
+            options,
+            type(self).__name__,
+            error=ValueError,
+            flag_prefix=registry.registered_name("search_space", type(self)),
+        )
 
     @classmethod
     def test_options(cls) -> dict[str, Any]:
@@ -194,6 +199,9 @@ class MetaLearner(keras.layers.Layer, abc.ABC):
     `sample_config` returned for the trial and `task` the meta-training
     `TaskSpec`. Subclasses create their own layers in `__init__`; the core
     builds variables by calling `adapt` and `predict` once before training.
+    `self.config` is `config` completed with `default_config()` (the defaults
+    `sample_config` declares), so a default is written once, in
+    `sample_config`, and `__init__` reads `self.config["name"]`.
 
     Contract for every method below:
     * Images are float32 `[n, h, w, c]`, resized and normalised by the core;
@@ -209,10 +217,16 @@ class MetaLearner(keras.layers.Layer, abc.ABC):
       `num_classes` is 1 and `predict` returns predictions `[q, target_dim]`;
       metrics hold `mse` instead of `accuracy`.
     * Gradient-based learners run their inner loops with
-      `metasearch.inner_loop` (explicit parameter lists, compiled by the core).
+      `metasearch.inner_loop` (explicit parameter lists, compiled by the core);
+      the MAML family's base is `metasearch.gradient_learner.GradientMetaLearner`
+      and its update rules are in `metasearch.inner_optimizers`.
     """
 
     TASK_KINDS: tuple[str, ...] = (CLASSIFICATION,)
+    # Settings that are not searched (`metasearch.options.Option`s); each becomes
+    # the flag `--<plugin>_<option>`. The resolved values reach the learner as
+    # `self.options`.
+    OPTIONS: tuple[Option, ...] = ()
     # Generative learners (e.g. the Neural Statistician) implement `generate`;
     # their exports get a `sample` signature and `metasearch sample` works.
     GENERATIVE: bool = False
@@ -226,11 +240,29 @@ class MetaLearner(keras.layers.Layer, abc.ABC):
         prefixed with the plugin's name, deterministic given `hp`'s values.
         """
 
-    def __init__(self, backbone: keras.layers.Layer, config: Config, task: TaskSpec, **kwargs):
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        """The declared defaults: what `sample_config` returns on fresh `HyperParameters`."""
+        return cls.sample_config(keras_tuner.HyperParameters())
+
+    def __init__(
+        self,
+        backbone: keras.layers.Layer,
+        config: Config,
+        task: TaskSpec,
+        options: Mapping[str, Any] | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.backbone = backbone
-        self.config = dict(config)
+        self.config = {**self.default_config(), **config}
         self.task = task
+        self.options = options_lib.resolve(
+            self.OPTIONS,
+            options,
+            type(self).__name__,
+            flag_prefix=registry.registered_name("plugin", type(self)),
+        )
 
     @abc.abstractmethod
     def adapt(
@@ -287,14 +319,11 @@ def task_loss(
     task: TaskSpec, outputs: tf.Tensor, labels: tf.Tensor
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """`(loss, metrics)` of predictions against labels: cross-entropy and accuracy,
-    or for regression mean squared error (reported as `mse`)."""
-    if task.is_regression:
-        mse = tf.reduce_mean(tf.square(outputs - labels))
-        return mse, {"mse": mse}
-    loss = tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs)
-    )
-    return loss, {"accuracy": accuracy(outputs, labels)}
+    or for regression mean squared error (reported as `mse`); the task's kind
+    (`metasearch.tasks`) decides."""
+    from metasearch import tasks  # the kinds build on these contracts
+
+    return tasks.kind_of(task).loss(outputs, labels)
 
 
 def feature_dim(backbone: keras.layers.Layer, task: TaskSpec) -> int:
@@ -406,13 +435,24 @@ class Dataset(abc.ABC):
       archives, undecodable files, unknown names) raises
       `metasearch.errors.UsageError` naming the flag or file.
     * `load()` never downloads anything.
+    * `OPTIONS` declares the data set's own settings
+      (`metasearch.options.Option`s); the CLI makes each one the flag
+      `--<dataset>_<option>`. `self.options.options` holds their complete,
+      checked values.
     """
 
     channels: int = 1
     kind: str = CLASSIFICATION
+    OPTIONS: tuple[Option, ...] = ()
 
     def __init__(self, options: DatasetOptions):
-        self.options = options
+        resolved = options_lib.resolve(
+            self.OPTIONS,
+            options.options,
+            type(self).__name__,
+            flag_prefix=registry.registered_name("dataset", type(self)),
+        )
+        self.options = dataclasses.replace(options, options=resolved)
 
     @abc.abstractmethod
     def load(self) -> ClassSplits:

@@ -29,7 +29,23 @@ def fail(message: str) -> None:
 HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
 
 
+def _define_component_flags() -> None:
+    """Every registered component's option flags (imports them, so TensorFlow starts)."""
+    try:
+        _import_tensorflow_quietly()
+        if os.environ.get("METASEARCH_DEBUG"):
+            ms_flags.define_component_flags()
+            return
+        with _quiet_stderr():
+            ms_flags.define_component_flags()
+    except UsageError as error:
+        fail(str(error))
+    except Exception as error:  # noqa: BLE001 - a broken third-party package, say which
+        fail(f"cannot load the registered components: {type(error).__name__}: {error}")
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
+    _define_component_flags()
     try:
         return ms_flags.FLAGS(argv)
     except flags.Error as error:
@@ -74,16 +90,12 @@ def _import_tensorflow_quietly() -> None:
         tf.config.list_physical_devices("GPU")
 
 
-def _check_names_before_tensorflow() -> None:
-    """Fails on unknown component names at once, before TensorFlow's slow import.
-
-    Only the entry-point names are read (no plugin module is imported); the
-    controller checks them again when it loads the components.
-    """
+def _check_names() -> None:
+    """Fails on unknown component names at once, listing the known ones."""
     from metasearch import registry
 
     parsed = ms_flags.FLAGS
-    checks = [("search_space", parsed.search_space)]
+    checks = [("search_space", parsed.search_space), ("strategy", parsed.strategy)]
     if parsed.evaluator == "train":
         checks += [("plugin", parsed.plugin), ("dataset", parsed.dataset)]
     try:
@@ -99,7 +111,7 @@ def main(argv: list[str]) -> None:
     if command not in COMMANDS or len(positional) > 1:
         fail(f"unknown command {' '.join(positional)!r}; known: {', '.join(COMMANDS)}")
     if command == "search":
-        _check_names_before_tensorflow()
+        _check_names()
     _import_tensorflow_quietly()
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
@@ -107,7 +119,7 @@ def main(argv: list[str]) -> None:
 
         if command == "search":
             config = ms_flags.resolve()
-            controller.search(config, ms_flags.flagfile_text())
+            controller.search(config)
         elif command == "sample":
             from metasearch import sampling
 
@@ -124,8 +136,10 @@ def main(argv: list[str]) -> None:
             )
             print(f"Wrote samples of trial {parsed.trial} to {path}")
         else:
+            from metasearch import export
+
             parsed = ms_flags.FLAGS
-            path = controller.export_trial(
+            path = export.export_trial(
                 parsed.output_dir, parsed.trial, parsed.export_dir, what=parsed.what
             )
             print(f"Exported the {parsed.what} of trial {parsed.trial} to {path}")

@@ -28,6 +28,9 @@ function as a JSON string.
 
 Exports are written to a temporary folder beside the target and renamed
 into place, so a crash never leaves half an export behind.
+
+`export_trial`/`export_kinds` rebuild a finished trial from its run folder
+(`metasearch.rundir.FinishedRun`) and write its learner or its cells.
 """
 
 from __future__ import annotations
@@ -42,8 +45,13 @@ from typing import Any
 
 import tensorflow as tf
 
-from metasearch.api import MetaLearner
+from metasearch import plots
+from metasearch.api import REGRESSION, MetaLearner, SearchSpace
 from metasearch.data.preprocess import normalize, resize
+from metasearch.errors import UsageError
+from metasearch.report import versions
+from metasearch.rundir import FinishedRun
+from metasearch.tasks import kind_of
 
 METADATA_FILE = "metasearch.json"
 
@@ -70,7 +78,9 @@ class FewShotModule(tf.Module):
         with open(metadata_path, encoding="utf-8") as handle:
             self._metadata_json = handle.read()
         self.metadata = tf.function(self._metadata, input_signature=[])
-        self.regression = learner.task.is_regression
+        kind = kind_of(learner.task)
+        self.main_signature = kind.main_signature
+        self.regression = kind.name == REGRESSION
         # Generative learners make images (see `sample`); no regression learner does.
         self.generative = bool(learner.GENERATIVE) and not self.regression
         if self.regression:
@@ -187,7 +197,7 @@ def export_learner(
         metadata_path = os.path.join(os.path.dirname(saved), METADATA_FILE)
         _write_json(metadata_path, metadata)
         module = FewShotModule(learner, image_size, channels, normalization, metadata_path)
-        main = "adapt_and_predict" if module.regression else "few_shot"
+        main = module.main_signature
         signatures = {
             main: getattr(module, main).get_concrete_function(),
             "embed": module.embed.get_concrete_function(),
@@ -265,3 +275,109 @@ def export_cells(
         for name, picture in (pictures or {}).items():
             shutil.copyfile(picture, os.path.join(saved, name))
     return export_dir
+
+
+# --------------------------------------------------------------------------- a run's trials
+
+EXPORT_KINDS = ("learner", "cell")
+
+
+def export_trial(
+    output_dir: str,
+    trial_id: str = "best",
+    export_dir: str | None = None,
+    what: str = "learner",
+) -> str:
+    """Rebuilds a finished trial from its output directory and exports it; returns the path.
+
+    `what="learner"` writes the few-shot learner SavedModel; `what="cell"` the
+    search space's cells (one signature each) with the weights they were
+    trained with, the genotype JSON and a picture of each cell.
+    """
+    if what not in EXPORT_KINDS:
+        raise UsageError(f"--what: unknown {what!r}; known: {', '.join(EXPORT_KINDS)}")
+    return export_kinds(output_dir, trial_id, (what,), export_dir)[what]
+
+
+def export_kinds(
+    output_dir: str,
+    trial_id: str,
+    kinds: tuple[str, ...],
+    export_dir: str | None = None,
+) -> dict[str, str]:
+    """Exports each of `kinds` of one trial, rebuilding its learner once; returns the paths.
+
+    `export_dir` (for a single kind) replaces the default `RUN/export/{best,trial_ID}_KIND`.
+    """
+    run = FinishedRun(output_dir)
+    config, data, components = run.config, run.data, run.components
+    chosen = run.trial(trial_id)
+    if "cell" in kinds and not components.space.cell_graphs(chosen["architecture_config"]):
+        raise UsageError(
+            f"--what=cell: search space {config['search_space']} has no cells; "
+            "export the learner (--what=learner)"
+        )
+    learner, task = run.rebuild(chosen)
+    metadata = {
+        "format": 1,
+        "trial_id": chosen["trial_id"],
+        "plugin": config["plugin"],
+        "plugin_config": chosen["plugin_config"],
+        "search_space": config["search_space"],
+        "space_options": config.get("space_options", {}),
+        "architecture": chosen.get("architecture"),
+        "architecture_config": chosen["architecture_config"],
+        "genotype": components.space.genotype(chosen["architecture_config"]),
+        "hyperparameters": chosen["hyperparameters"],
+        "dataset": config["dataset"],
+        "channels": data["channels"],
+        "image_size": config["image_size"],
+        "normalization": data["normalization"],
+        "meta_training_task": {"n_way": task.n_way, "k_shot": task.k_shot, "n_query": task.n_query},
+        "metrics": {
+            "val_accuracy": chosen.get("val_accuracy"),
+            "val_mse": chosen.get("val_mse"),
+            "val_ci95": chosen.get("val_ci95"),
+            "eval_n_way": config["n_way"],
+            "eval_k_shot": config["k_shot"],
+            "parameters": chosen.get("parameters"),
+            "flops": chosen.get("flops"),
+        },
+        "versions": versions(),
+    }
+    name = "best" if trial_id == "best" else f"trial_{chosen['trial_id']}"
+    paths = {}
+    for what in kinds:
+        target = export_dir or run.dir.export_path(f"{name}_{what}")
+        if what == "cell":
+            paths[what] = _export_trial_cells(
+                components.space, chosen["architecture_config"], learner, target, metadata
+            )
+            continue
+        paths[what] = export_learner(
+            learner,
+            target,
+            image_size=config["image_size"],
+            channels=data["channels"],
+            normalization=tuple(data["normalization"]),
+            metadata={**metadata, "signatures": run.kind.signatures(bool(learner.GENERATIVE))},
+        )
+    return paths
+
+
+def _export_trial_cells(space: SearchSpace, architecture, learner, export_dir, metadata) -> str:
+    cells = space.cells(architecture, learner.backbone)
+    graphs = space.cell_graphs(architecture)
+    metadata = dict(metadata)
+    metadata["signatures"] = {
+        name: f"{name}({', '.join(cell_input_names(cell))}) -> {{'output': cell output}}; "
+        "float32 feature maps of the shapes the cell was trained on, any batch size"
+        for name, cell in cells.items()
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        pictures = {}
+        for graph in graphs:
+            picture = os.path.join(scratch, f"{graph.name}.png")
+            plots.draw_cell(graph, picture, title=f"{metadata['architecture']}: {graph.name} cell")
+            pictures[f"{graph.name}.png"] = picture
+        return export_cells(cells, export_dir, metadata["genotype"], metadata, pictures)

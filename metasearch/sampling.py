@@ -15,10 +15,10 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from metasearch import controller
 from metasearch.api import MetaLearner
 from metasearch.data.preprocess import normalize
 from metasearch.errors import UsageError
+from metasearch.rundir import FinishedRun
 
 # Pixels between images and between the given and the generated images.
 PADDING = 2
@@ -103,7 +103,7 @@ def sample_run(
             raise UsageError(f"--{flag}: must be at least 1, got {value}")
     if samples_per_class < 1:
         raise UsageError(f"--samples_per_class: must be at least 1, got {samples_per_class}")
-    run = controller.FinishedRun(output_dir)
+    run = FinishedRun(output_dir)
     if not run.components.plugin.GENERATIVE:
         raise UsageError(
             f"--output_dir: the run's plugin {run.config['plugin']!r} does not generate images; "

@@ -1,0 +1,183 @@
+"""The components a run uses: looked up by name, their options resolved, the joint space.
+
+`Components` holds the registered plugin, search space and data set classes of
+one run (the strategy is the oracle's business, see `metasearch.strategies`),
+with each one's declared options resolved. It declares the joint search
+space (architecture, learner hyperparameters, learning rate) and builds a
+learner from one sampled point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import keras_tuner
+
+from metasearch import options as options_lib
+from metasearch import registry
+from metasearch.api import Dataset, MetaLearner, SearchSpace, TaskSpec
+from metasearch.errors import UsageError
+from metasearch.tasks import TaskKind, kind_of
+from metasearch.training import MetaTrainer
+
+# The meta-training learning rate, searched on a log scale, and its default.
+LEARNING_RATES = (3e-4, 3e-3)
+DEFAULT_LEARNING_RATE = 1e-3
+
+
+class Components:
+    """The registered classes a run uses, looked up by name (unknown names fail).
+
+    `space_options` and `plugin_options` are resolved against the search
+    space's and the plugin's `OPTIONS` (unknown names or bad values fail with
+    `UsageError`). A table-scored run (`trains=False`) searches the
+    architecture only.
+    """
+
+    def __init__(
+        self,
+        plugin: str,
+        search_space: str,
+        dataset: str,
+        space_options: Mapping[str, Any] | None = None,
+        trains: bool = True,
+        plugin_options: Mapping[str, Any] | None = None,
+    ):
+        self.plugin_name, self.space_name, self.dataset_name = plugin, search_space, dataset
+        self.trains = trains
+        self.plugin: type[MetaLearner] = registry.load("plugin", plugin, "plugin")
+        space_class: type[SearchSpace] = registry.load("search_space", search_space, "search_space")
+        try:
+            self.space: SearchSpace = space_class(space_options or {})
+        except ValueError as error:
+            raise UsageError(f"--search_space={search_space}: {error}") from None
+        self.dataset: type[Dataset] = registry.load("dataset", dataset, "dataset")
+        self.plugin_options = options_lib.resolve(
+            self.plugin.OPTIONS, plugin_options, f"--plugin={plugin}", flag_prefix=plugin
+        )
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Components:
+        """The components of a run's resolved configuration (`RunConfig.to_json()`)."""
+        return cls(
+            config["plugin"],
+            config["search_space"],
+            config["dataset"],
+            config.get("space_options"),
+            trains=config.get("evaluator", "train") == "train",
+            plugin_options=config.get("plugin_options"),
+        )
+
+    def task_kind(self) -> TaskKind:
+        """The kind of task the run's data set poses."""
+        return kind_of(self.dataset.kind)
+
+    def sample(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
+        """Declares the joint space (architecture, learner, training) and samples it."""
+        architecture = self.space.sample_config(hp)
+        if not self.trains:
+            return {"architecture": architecture, "plugin": {}, "learning_rate": None}
+        return {
+            "architecture": architecture,
+            "plugin": self.plugin.sample_config(hp),
+            "learning_rate": hp.Float(
+                "train/learning_rate",
+                LEARNING_RATES[0],
+                LEARNING_RATES[1],
+                sampling="log",
+                default=DEFAULT_LEARNING_RATE,
+            ),
+        }
+
+    def hyperparameters(self) -> dict[str, keras_tuner.engine.hyperparameters.HyperParameter]:
+        """Every declared hyperparameter of the joint space, by name."""
+        space = keras_tuner.HyperParameters()
+        self.sample(space)
+        return {hp.name: hp for hp in space.space}
+
+    def build_learner(
+        self, sampled: dict[str, Any], task: TaskSpec, normalization=None
+    ) -> MetaLearner:
+        """A learner for one sampled point; with `normalization`, its variables built.
+
+        Callers clear Keras's session first where a fresh graph is wanted (the
+        order of that and of seeding decides the initial weights).
+        """
+        backbone = self.space.build(sampled["architecture"], task.image_shape)
+        learner = self.plugin(backbone, sampled["plugin"], task, options=self.plugin_options)
+        if normalization is not None:
+            build_variables(learner, task, normalization)
+        return learner
+
+
+def build_variables(learner: MetaLearner, task: TaskSpec, normalization) -> None:
+    """Creates a learner's (and an optimiser's) variables from a zero-filled episode.
+
+    Building runs no optimiser step, so the zeros change no weights that
+    matter: every weight is overwritten from a trial's file right after.
+    """
+    episode = kind_of(task).placeholder_episode(task)
+    MetaTrainer(learner, normalization, DEFAULT_LEARNING_RATE, 1, jit_compile=False).build(episode)
+
+
+def fixed_hyperparameters(
+    components: Components, fixed: Mapping[str, Any]
+) -> keras_tuner.HyperParameters:
+    """A `HyperParameters` holding `fixed` values; unknown names or values fail naming them."""
+    known = components.hyperparameters()
+    hp = keras_tuner.HyperParameters()
+    for name, value in fixed.items():
+        if name not in known:
+            raise UsageError(
+                f"--fix_hparams: unknown hyperparameter {name!r}; known: {', '.join(sorted(known))}"
+            )
+        declared = known[name]
+        if isinstance(declared, keras_tuner.engine.hyperparameters.Choice):
+            if value not in declared.values:
+                raise UsageError(
+                    f"--fix_hparams: {name}={value!r} is not one of {list(declared.values)}"
+                )
+        elif hasattr(declared, "min_value"):
+            if (
+                not isinstance(value, (int, float))
+                or not declared.min_value <= value <= declared.max_value
+            ):
+                raise UsageError(
+                    f"--fix_hparams: {name}={value!r} is outside [{declared.min_value}, {declared.max_value}]"
+                )
+        hp.Fixed(name, value)
+    return hp
+
+
+def with_inner_optimizer(
+    fixed: Mapping[str, Any], plugin: str, choice: str | None
+) -> dict[str, Any]:
+    """`fixed` plus `PLUGIN/inner_optimizer=choice` (`--inner_optimizer`), checked."""
+    fixed = dict(fixed)
+    if choice is None:
+        return fixed
+    name = f"{plugin}/inner_optimizer"
+    hp = keras_tuner.HyperParameters()
+    registry.load("plugin", plugin, "plugin").sample_config(hp)
+    if name not in {parameter.name for parameter in hp.space}:
+        raise UsageError(
+            f"--inner_optimizer: plugin {plugin!r} has no inner optimizer to choose "
+            f"({', '.join(plugins_with_hyperparameter('inner_optimizer'))} have)"
+        )
+    if fixed.get(name, choice) != choice:
+        raise UsageError(
+            f"--inner_optimizer={choice} contradicts --fix_hparams={name}={fixed[name]}"
+        )
+    return {**fixed, name: choice}
+
+
+def plugins_with_hyperparameter(suffix: str) -> list[str]:
+    """The registered plugins that declare the hyperparameter `PLUGIN/suffix`."""
+    found = []
+    for name in registry.names("plugin"):
+        hp = keras_tuner.HyperParameters()
+        registry.load("plugin", name, "plugin").sample_config(hp)
+        if f"{name}/{suffix}" in {parameter.name for parameter in hp.space}:
+            found.append(name)
+    return found

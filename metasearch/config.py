@@ -1,0 +1,175 @@
+"""`RunConfig`: the plain configuration a search takes, from Python or from the CLI.
+
+The library never reads flags: the CLI layer (`metasearch.flags`) turns flags
+into a `RunConfig`, and a notebook builds one directly::
+
+    import metasearch
+    result = metasearch.search(metasearch.RunConfig(output_dir="runs/demo", max_trials=2))
+
+Every field has the default the matching CLI flag has (the flags take their
+defaults from here). Component options (`dataset_options`, `space_options`,
+`strategy_options`, `plugin_options`) hold only what differs from the
+component's declared defaults, or all of them; the job resolves them against
+the component's `OPTIONS` before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+# Fields that change what a run computes. A rerun into an existing output
+# directory must agree on all of them; `max_trials` may grow to extend a search.
+IDENTITY_FIELDS = (
+    "dataset",
+    "data_dir",
+    "plugin",
+    "search_space",
+    "strategy",
+    "evaluator",
+    "table",
+    "table_column",
+    "max_params",
+    "fix_hparams",
+    "episodes_per_trial",
+    "eval_episodes",
+    "n_way",
+    "k_shot",
+    "n_query",
+    "train_n_way",
+    "augment",
+    "meta_batch_size",
+    "image_size",
+    "seed",
+    "dataset_options",
+    "strategy_options",
+    "space_options",
+    "plugin_options",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The resolved configuration of a search run (what library code receives).
+
+    `train_n_way=None` means `n_way`. `fix_hparams` maps hyperparameter names
+    (e.g. `conv_blocks/depth`) to values held fixed instead of searched.
+    `inner_optimizer` (`sgd` or `learned`) pins the MAML family's inner-loop
+    rule; it is folded into `fix_hparams` when the job starts.
+    """
+
+    dataset: str = "glyphs"
+    data_dir: str | None = None
+    plugin: str = "protonet"
+    search_space: str = "conv_blocks"
+    strategy: str = "random"
+    evaluator: str = "train"
+    table: str | None = None
+    table_column: str = "cifar10_val"
+    max_params: int | None = None
+    fix_hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    inner_optimizer: str | None = None
+    max_trials: int = 4
+    episodes_per_trial: int = 500
+    eval_episodes: int = 200
+    n_way: int = 5
+    k_shot: int = 1
+    n_query: int = 15
+    train_n_way: int | None = None
+    augment: str = "none"
+    meta_batch_size: int = 1
+    image_size: int = 28
+    seed: int = 0
+    output_dir: str = "runs/metasearch"
+    overwrite: bool = False
+    jit_compile: str = "auto"
+    progress: bool = True
+    worker_timeout: int = 120
+    dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    strategy_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    space_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    plugin_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.train_n_way is None:
+            object.__setattr__(self, "train_n_way", self.n_way)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with `changes` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the run it continues."""
+        values = dataclasses.asdict(self)
+        return {name: values[name] for name in IDENTITY_FIELDS}
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> RunConfig:
+        """The config `to_json` wrote (fields it does not know are ignored)."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# The option dicts and the component-choosing field each belongs to: option `blocks` of
+# search space `nasnet` is the CLI flag `--nasnet_blocks`.
+OPTION_FIELDS = {
+    "dataset_options": "dataset",
+    "space_options": "search_space",
+    "strategy_options": "strategy",
+    "plugin_options": "plugin",
+}
+# Fields no flagfile repeats: starting over is asked for each time; the
+# inner optimizer is folded into fix_hparams when a job starts.
+_NOT_REPEATED = ("overwrite", "inner_optimizer")
+
+
+def _flag_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(_flag_text(item) for item in value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def flagfile_text(config: RunConfig) -> str:
+    """A flagfile that repeats the run `config` describes (`metasearch --flagfile=PATH`)."""
+    lines = ["# Repeat this run: metasearch --flagfile=THIS_FILE"]
+    values = config.to_json()
+    for field in dataclasses.fields(RunConfig):
+        name, value = field.name, values[field.name]
+        if name in _NOT_REPEATED or value is None:
+            continue
+        if name in ("table", "table_column") and config.evaluator != "table":
+            continue
+        if name in OPTION_FIELDS:
+            prefix = values[OPTION_FIELDS[name]]
+            for option, option_value in value.items():
+                if option_value is not None:
+                    lines.append(_flag_line(f"{prefix}_{option}", option_value))
+            continue
+        if name == "fix_hparams":
+            if value:
+                items = [f"{key}={_flag_text(item)}" for key, item in value.items()]
+                lines.append(f"--fix_hparams={','.join(items)}")
+            continue
+        lines.append(_flag_line(name, value))
+    return "\n".join(lines) + "\n"
+
+
+def _flag_line(name: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no{name}"
+    return f"--{name}={_flag_text(value)}"
+
+
+def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """`--name: old -> new` for the first few settings that differ."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            changed.append(f"--{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}")
+    return "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")

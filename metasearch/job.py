@@ -1,0 +1,240 @@
+"""A validated search job: every input checked before anything is written.
+
+`Job(config, role)` looks the components up (unknown names fail with the
+known ones), resolves their options and the fixed hyperparameters, checks the
+output directory, loads the data set through the task kind (or the table of
+a table-scored search) and refuses an output directory holding a run of
+another configuration. `Job.start` then writes the run's description.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import keras_tuner
+import tensorflow as tf
+
+from metasearch import options as options_lib
+from metasearch import registry
+from metasearch.api import CLASSIFICATION, DatasetOptions, SearchSpace
+from metasearch.components import (
+    Components,
+    build_variables,
+    fixed_hyperparameters,
+    with_inner_optimizer,
+)
+from metasearch.config import RunConfig, describe_difference, flagfile_text
+from metasearch.errors import UsageError
+from metasearch.rundir import CONFIG_FILE, DATASET_FILE, FLAGS_FILE, RunDir
+from metasearch.tasks import TaskData, TaskKind, kind_of
+from metasearch.training import count_parameters, resolve_jit_compile
+
+ROLES = ("local", "chief", "worker")
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """A seed in [1, 2**31 - 1) for one use (a trial, the oracle), fixed by `--seed`.
+
+    Never 0: keras-tuner's oracles replace a falsy seed with a random one,
+    which would make `--seed=0` runs unrepeatable.
+    """
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).hexdigest()
+    return int(digest[:8], 16) % (2**31 - 2) + 1
+
+
+def over_budget(parameters: int, max_params: int | None) -> str | None:
+    """Why `parameters` break `--max_params`, or None when they fit."""
+    if max_params is not None and parameters > max_params:
+        return f"{parameters:,} parameters > --max_params={max_params:,}"
+    return None
+
+
+def load_table(config: RunConfig, space: SearchSpace):
+    """The tabular benchmark for `--evaluator=table`, checked against the search space."""
+    from metasearch.tabular import Table
+
+    if not config.table:
+        raise UsageError("--table: --evaluator=table needs --table=PATH (a CSV of architectures)")
+    if space.TABLE_KEY_COLUMN is None:
+        raise UsageError(
+            f"--evaluator=table: search space {config.search_space} has no tabular benchmark"
+        )
+    if config.max_params is not None:
+        raise UsageError("--max_params: a table-scored search trains nothing to limit")
+    return Table(config.table, config.table_column, space.TABLE_KEY_COLUMN)
+
+
+def resolve_config(config: RunConfig) -> RunConfig:
+    """`config` with every component's options complete and `--inner_optimizer` folded in.
+
+    Unknown component names, unknown options and values of the wrong type
+    fail with `UsageError`, so what is written to `config.json` is exactly
+    what the run uses.
+    """
+    trains = config.evaluator == "train"
+    dataset = registry.load("dataset", config.dataset, "dataset")
+    strategy = registry.load("strategy", config.strategy, "strategy")
+    fixed = dict(config.fix_hparams)
+    if trains:
+        fixed = with_inner_optimizer(fixed, config.plugin, config.inner_optimizer)
+    elif config.inner_optimizer is not None:
+        raise UsageError("--inner_optimizer: a table-scored search trains nothing")
+    return config.replace(
+        fix_hparams=fixed,
+        inner_optimizer=None,
+        dataset_options=options_lib.resolve(
+            dataset.OPTIONS,
+            config.dataset_options,
+            f"--dataset={config.dataset}",
+            flag_prefix=config.dataset,
+        ),
+        strategy_options=options_lib.resolve(
+            strategy.OPTIONS,
+            config.strategy_options,
+            f"--strategy={config.strategy}",
+            flag_prefix=config.strategy,
+        ),
+    )
+
+
+class Job:
+    """A validated search: components, data (or table), task kind and output directory.
+
+    `role` is `"local"`, `"chief"` or `"worker"` (see `metasearch.distributed`).
+    Workers never start over or rewrite the run's description: the chief owns it.
+    """
+
+    def __init__(self, config: RunConfig, role: str = "local"):
+        self.role = role
+        self.trains = config.evaluator == "train"
+        config = resolve_config(config)
+        self.components = Components.from_config(config.to_json())
+        # The search space and plugin options, complete, are part of the run's identity.
+        config = config.replace(
+            space_options=dict(self.components.space.options),
+            plugin_options=dict(self.components.plugin_options),
+        )
+        self.config = config
+        # A table scores accuracy, whatever the data set would have posed.
+        self.kind: TaskKind = (
+            self.components.task_kind() if self.trains else kind_of(CLASSIFICATION)
+        )
+        self.fixed = fixed_hyperparameters(self.components, config.fix_hparams)
+        if self.trains:
+            self._check_task_kind()
+        if role == "worker" and config.overwrite:
+            raise UsageError(
+                "--overwrite: only the chief (KERASTUNER_TUNER_ID=chief) may start over"
+            )
+        self.run_dir = RunDir(config.output_dir)
+        self.run_dir.check_writable()
+        self.table = None
+        self.data: TaskData | None = None
+        if self.trains:
+            self.data = self._load_data()
+        else:
+            self.table = load_table(config, self.components.space)
+        self.jit_compile = resolve_jit_compile(config.jit_compile)
+        self.check_same_run()
+
+    def _check_task_kind(self) -> None:
+        """The plugin learns the data set's kind of task, and no setting is meaningless to it."""
+        config = self.config
+        plugin_kinds = tuple(self.components.plugin.TASK_KINDS)
+        if self.kind.name not in plugin_kinds:
+            raise UsageError(
+                f"--plugin={config.plugin}: learns {' and '.join(plugin_kinds)} tasks, but "
+                f"--dataset={config.dataset} is a {self.kind.name} data set"
+            )
+        for name in self.kind.unused_settings:
+            # train_n_way defaults to n_way; the others to RunConfig's defaults.
+            default = (
+                config.n_way
+                if name == "train_n_way"
+                else RunConfig.__dataclass_fields__[name].default
+            )
+            if getattr(config, name) != default:
+                raise UsageError(
+                    f"--{name}: applies only with a classification data set "
+                    f"(--dataset={config.dataset} is {self.kind.name})"
+                )
+
+    def _load_data(self) -> TaskData:
+        config = self.config
+        options = DatasetOptions(
+            data_dir=config.data_dir,
+            image_size=config.image_size,
+            seed=config.seed,
+            options=config.dataset_options,
+        )
+        return self.kind.load(self.components.dataset(options), config)
+
+    @property
+    def task(self):
+        return self.data.task if self.data is not None else None
+
+    @property
+    def normalization(self) -> tuple[float, float]:
+        return self.data.normalization if self.data is not None else (0.0, 1.0)
+
+    @property
+    def objective(self) -> tuple[str, str]:
+        """keras-tuner's objective: `(name, direction)` (a table scores accuracy)."""
+        return self.kind.objective, self.kind.direction
+
+    def check_same_run(self) -> None:
+        """Fails if the output directory holds a run of another configuration (unless --overwrite)."""
+        config = self.config
+        if not self.run_dir.has_run() or config.overwrite:
+            return
+        config_path = self.run_dir.file(CONFIG_FILE)
+        try:
+            previous = self.run_dir.read_config()["identity"]
+        except (OSError, ValueError, KeyError):
+            raise UsageError(
+                f"--output_dir: {config_path} is unreadable; use --overwrite to start over"
+            ) from None
+        current = json.loads(json.dumps(config.identity()))
+        if previous != current:
+            raise UsageError(
+                f"--output_dir: {config.output_dir} holds a run with a different configuration "
+                f"({describe_difference(previous, current)}); rerun with its flags "
+                f"(--flagfile={self.run_dir.file(FLAGS_FILE)}), another --output_dir, or --overwrite"
+            )
+
+    def episode_stream(
+        self, split: str, seed: int, stream: int, count: int | None = None
+    ) -> tf.data.Dataset:
+        """Episodes of one split: meta-training (`--train_n_way`, augmented) or evaluation."""
+        return self.kind.episodes(self.data, self.config, split, seed, stream, count)
+
+    def candidate_violation(self, values: dict[str, Any]) -> str | None:
+        """Why a candidate breaks `--max_params` (built, not trained), or None if it fits."""
+        import keras
+
+        hp = keras_tuner.HyperParameters()
+        hp.values = dict(values)
+        sampled = self.components.sample(hp)
+        keras.backend.clear_session()
+        learner = self.components.build_learner(sampled, self.task)
+        build_variables(learner, self.task, self.normalization)
+        parameters = count_parameters(learner)
+        keras.backend.clear_session()
+        return over_budget(parameters, self.config.max_params)
+
+    def dataset_info(self) -> dict[str, Any]:
+        if not self.trains:
+            return {"evaluator": "table", "table": self.config.table}
+        return self.data.info
+
+    def start(self) -> None:
+        """Writes the run's description; with --overwrite, first removes the old run."""
+        if self.config.overwrite:
+            self.run_dir.clear()
+        self.run_dir.write_json(
+            CONFIG_FILE, {"identity": self.config.identity(), "config": self.config.to_json()}
+        )
+        self.run_dir.write_text(FLAGS_FILE, flagfile_text(self.config))
+        self.run_dir.write_json(DATASET_FILE, self.dataset_info())

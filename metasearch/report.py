@@ -1,0 +1,103 @@
+"""Reporting a run: `results.json`, the leaderboard, and the versions it ran with.
+
+`write_results` merges keras-tuner's trial files with metasearch's records
+(through the run folder) and rewrites `results.json` and `leaderboard.txt`;
+the leaderboard's wording and score format come from the run's task kind.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from typing import Any
+
+from metasearch.flops import format_flops
+from metasearch.rundir import LEADERBOARD_FILE, RESULTS_FILE, RunDir, best_trial, trial_score
+from metasearch.tasks import CLASSIFICATION, kind_of, kind_of_record
+
+
+def run_kind(results: list[dict[str, Any]]):
+    """The task kind of a run's trials (classification until a trial says otherwise)."""
+    for record in results:
+        kind = kind_of_record(record)
+        if kind is not None:
+            return kind
+    return kind_of(CLASSIFICATION)
+
+
+def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
+    """A plain-text table of trials, best first."""
+    kind = run_kind(results)
+    if config.get("evaluator") == "table":
+        title = (
+            f"Leaderboard: {config['search_space']} scored from {config['table']} "
+            f"(column {config['table_column']})"
+        )
+    else:
+        title = kind.leaderboard_title(config)
+    ordered = sorted(
+        results,
+        key=lambda r: (
+            r["status"] != "COMPLETED",
+            -(trial_score(r) if trial_score(r) is not None else -math.inf),
+            r["trial_id"],
+        ),
+    )
+    header = (
+        f"{'rank':>4}  {'trial':>5}  {'status':<9}  {kind.column:>16}  {'params':>9}  "
+        f"{'FLOPs':>7}  {'time':>7}  architecture / learner"
+    )
+    lines = [title, header, "-" * len(header)]
+    for rank, r in enumerate(ordered, start=1):
+        if r["status"] == "COMPLETED" and r.get(kind.objective) is not None:
+            score = kind.format_score(r[kind.objective], r.get("val_ci95"))
+        else:
+            score = "-"
+        params = f"{r['parameters']:,}" if r.get("parameters") is not None else "-"
+        flops = format_flops(r["flops"]) if r.get("flops") else "-"
+        wall = f"{r['wall_seconds']:.0f}s" if "wall_seconds" in r else "-"
+        learner = ", ".join(f"{k}={v}" for k, v in sorted(r.get("plugin_config", {}).items()))
+        lr = r.get("hyperparameters", {}).get("train/learning_rate")
+        learner += f", lr={lr:.1e}" if isinstance(lr, float) else ""
+        what = f"{r.get('architecture', '?')}" + (f" / {learner}" if learner else "")
+        if r["status"] != "COMPLETED" and r.get("error"):
+            what += f"  [{r['error'][:80]}]"
+        lines.append(
+            f"{rank:>4}  {r['trial_id']:>5}  {r['status']:<9}  {score:>16}  {params:>9}  "
+            f"{flops:>7}  {wall:>7}  {what}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_results(run_dir: RunDir, config: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """Rewrites `results.json` and `leaderboard.txt` from the run folder; returns both."""
+    results = run_dir.trial_results()
+    best = best_trial(results)
+    run_dir.write_json(
+        RESULTS_FILE,
+        {
+            "objective": run_kind(results).objective,
+            "best_trial": best["trial_id"] if best else None,
+            "trials": results,
+        },
+    )
+    board = leaderboard(results, config)
+    run_dir.write_text(LEADERBOARD_FILE, board)
+    return results, board
+
+
+def versions() -> dict[str, str]:
+    """The versions of metasearch and what it runs on, for export metadata."""
+    import keras
+    import keras_tuner
+    import tensorflow as tf
+
+    import metasearch
+
+    return {
+        "metasearch": metasearch.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_tuner": keras_tuner.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,222 @@
+"""The keras-tuner tuner: a trial meta-trains and scores one few-shot learner.
+
+keras-tuner keeps the books (oracle, trial states, resume, retries,
+distribution); `FewShotTuner.run_trial` builds the sampled candidate, trains
+it (or, for a table-scored search, looks its score up), scores it on fixed
+meta-validation episodes and saves its weights and record in the trial's
+folder. A trial that diverges or raises is reported to keras-tuner as failed
+and the search goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import time
+import traceback
+from typing import Any
+
+import keras
+import keras_tuner
+import numpy as np
+
+from metasearch import distributed, kt_adapter, report
+from metasearch.data import episodes
+from metasearch.errors import UsageError
+from metasearch.flops import estimate_flops
+from metasearch.job import Job, derived_seed, over_budget
+from metasearch.progress import Progress
+from metasearch.rundir import PROJECT_NAME, load_weights, save_weights
+from metasearch.training import DivergedError, MetaTrainer, count_parameters
+
+
+class BudgetError(Exception):
+    """A candidate over `--max_params` reached training (the oracle should have rejected it)."""
+
+
+class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
+    """keras-tuner tuner whose trial meta-trains and scores one few-shot learner."""
+
+    def __init__(self, job: Job, oracle: keras_tuner.Oracle, progress: Progress):
+        self.job = job
+        self.progress = progress
+        if job.role != "worker" and job.config.max_params is not None:
+            # Rejected candidates are never trials: the strategy proposes others.
+            oracle.candidate_filter = job.candidate_violation
+        super().__init__(
+            oracle=oracle,
+            hypermodel=job.components.sample,
+            directory=job.config.output_dir,
+            project_name=PROJECT_NAME,
+            overwrite=False,
+        )
+
+    def search(self, *fit_args, **fit_kwargs):
+        """keras-tuner's search loop; the chief serves the oracle, waiting workers sleep."""
+        if self.job.role == "chief":
+            self.save()
+            distributed.serve(
+                self.oracle,
+                self.job.config.worker_timeout,
+                report=lambda line: self.progress.note(line),
+            )
+            return
+        if self.job.role == "local":
+            self.oracle.verbose = 0
+        self.on_search_begin()
+        while True:
+            self.pre_create_trial()
+            trial = self.oracle.create_trial(self.tuner_id)
+            if trial.status == keras_tuner.engine.trial.TrialStatus.STOPPED:
+                break
+            if trial.status == keras_tuner.engine.trial.TrialStatus.IDLE:
+                # Others still run trials that may come back; ask again shortly.
+                time.sleep(1.0)
+                continue
+            self.on_trial_begin(trial)
+            kt_adapter.run_and_update_trial(self, trial, *fit_args, **fit_kwargs)
+            self.on_trial_end(trial)
+        self.on_search_end()
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        # The leaderboard on disk is current after every trial, not only at the end.
+        report.write_results(self.job.run_dir, self.job.config.to_json())
+
+    def run_trial(self, trial, *args, **kwargs):
+        config, space = self.job.config, self.job.components.space
+        started = time.time()
+        sampled = self.job.components.sample(trial.hyperparameters)
+        record: dict[str, Any] = {
+            "trial_id": trial.trial_id,
+            "architecture": space.describe(sampled["architecture"]),
+            "architecture_config": sampled["architecture"],
+            "genotype": space.genotype(sampled["architecture"]),
+            "plugin": config.plugin if self.job.trains else None,
+            "plugin_config": sampled["plugin"],
+            "hyperparameters": dict(trial.hyperparameters.values),
+            "worker": self.tuner_id,
+        }
+        self.progress.trial_started(trial.trial_id, record)
+        heartbeat = (
+            distributed.Heartbeat(self.oracle, trial.trial_id, max(1.0, config.worker_timeout / 4))
+            if self.job.role == "worker"
+            else contextlib.nullcontext()
+        )
+        try:
+            with heartbeat:
+                if self.job.trains:
+                    metrics = self._meta_train_and_score(trial, sampled, record)
+                else:
+                    metrics = self._look_up(sampled)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure fails the trial only
+            record.update(
+                status="FAILED",
+                error=f"{type(error).__name__}: {error}",
+                wall_seconds=time.time() - started,
+            )
+            self.job.run_dir.write_trial_record(trial.trial_id, record)
+            self.progress.trial_failed(trial.trial_id, record["error"])
+            quiet = isinstance(error, (DivergedError, UsageError, BudgetError))
+            detail = "" if quiet else "\n" + traceback.format_exc()
+            raise keras_tuner.errors.FailedTrialError(record["error"] + detail) from error
+        record.update(status="COMPLETED", wall_seconds=time.time() - started, **metrics)
+        self.job.run_dir.write_trial_record(trial.trial_id, record)
+        self.progress.trial_finished(trial.trial_id, record)
+        name = self.job.objective[0]
+        return {name: metrics[name]}
+
+    def _look_up(self, sampled) -> dict[str, Any]:
+        key = self.job.components.space.table_key(sampled["architecture"])
+        value = self.job.table.lookup(key)
+        return {
+            "val_accuracy": value / 100.0,
+            "table_key": key,
+            "table_column": self.job.config.table_column,
+        }
+
+    def _episode_budget(self, trial) -> tuple[int, int, str | None]:
+        """(episodes in total, episodes already trained by the parent, parent trial id).
+
+        Hyperband gives a trial `tuner/epochs` budget units out of its
+        `max_epochs` option, and a promoted trial continues from its parent's
+        weights (`tuner/trial_id`) where `tuner/initial_epoch` ended.
+        """
+        values = trial.hyperparameters.values
+        total_episodes = self.job.config.episodes_per_trial
+        if "tuner/epochs" not in values:
+            return total_episodes, 0, None
+        max_epochs = self.job.config.strategy_options["max_epochs"]
+
+        def episodes_for(epochs):
+            return max(1, round(total_episodes * epochs / max_epochs))
+
+        parent = values.get("tuner/trial_id")
+        done = episodes_for(values["tuner/initial_epoch"]) if parent else 0
+        return episodes_for(values["tuner/epochs"]), done, parent
+
+    def _meta_train_and_score(self, trial, sampled, record) -> dict[str, Any]:
+        job, config = self.job, self.job.config
+        keras.backend.clear_session()
+        seed = derived_seed(config.seed, f"trial {trial.trial_id}")
+        keras.utils.set_random_seed(seed)
+        total, done, parent = self._episode_budget(trial)
+        # A step meta-trains on --meta_batch_size episodes.
+        steps = max(1, math.ceil((total - done) / config.meta_batch_size))
+        learner = job.components.build_learner(sampled, job.task)
+        trainer = MetaTrainer(
+            learner,
+            job.normalization,
+            learning_rate=sampled["learning_rate"],
+            total_steps=steps,
+            jit_compile=job.jit_compile,
+            meta_batch_size=config.meta_batch_size,
+        )
+        train_stream = job.episode_stream("train", seed, episodes.TRAIN_STREAM)
+        # One pipeline for the whole trial: its first episode builds the
+        # variables, then is trained on like the rest.
+        stream = iter(train_stream)
+        first = next(stream)
+        trainer.build(first)
+        record["parameters"] = count_parameters(learner)
+        violation = over_budget(record["parameters"], config.max_params)
+        if violation:
+            raise BudgetError(violation)
+        record["flops"] = backbone_flops(learner, job.task)
+        if parent:
+            load_weights(learner.weights, job.run_dir.weights_path(parent))
+            record["continues_trial"] = parent
+        record["episodes"] = total
+        train_metrics = trainer.train(
+            itertools.chain([first], stream),
+            steps,
+            on_progress=lambda step, loss, metric: self.progress.trial_step(
+                trial.trial_id, step, steps, loss, metric
+            ),
+        )
+        val_stream = job.episode_stream(
+            "val", config.seed, episodes.VAL_STREAM, count=config.eval_episodes
+        )
+        scores = trainer.evaluate(val_stream, job.kind.eval_classes(config.n_way))
+        mean, ci95 = episodes.mean_and_ci95(scores)
+        if not np.isfinite(mean):
+            raise DivergedError(f"meta-validation {job.objective[0]} is {mean}")
+        save_weights(learner.weights, job.run_dir.weights_path(trial.trial_id))
+        return {
+            job.objective[0]: mean,
+            "val_ci95": ci95,
+            "eval_episodes": len(scores),
+            "jit_compile": job.jit_compile,
+            **train_metrics,
+        }
+
+
+def backbone_flops(learner, task) -> int | None:
+    """FLOPs of the backbone on one image; None when the estimate cannot be made."""
+    try:
+        return estimate_flops(learner.backbone, task.image_shape)
+    except Exception:  # noqa: BLE001 - an estimate must never fail a trial
+        return None
