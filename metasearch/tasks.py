@@ -82,6 +82,10 @@ class TaskKind(abc.ABC):
         """A zero-filled episode of `task`'s shape, to create a learner's variables."""
 
     @abc.abstractmethod
+    def classes_in(self, support_labels: tf.Tensor) -> int:
+        """Classes an episode's support labels span (regression: 1), as a Python int."""
+
+    @abc.abstractmethod
     def eval_classes(self, n_way: int) -> int:
         """Classes in an evaluation episode at `--n_way` (regression: 1)."""
 
@@ -142,6 +146,9 @@ class Classification(TaskKind):
             query_images=tf.zeros([task.n_way * task.n_query, *shape]),
             query_labels=tf.repeat(labels, task.n_query),
         )
+
+    def classes_in(self, support_labels):
+        return int(tf.reduce_max(support_labels)) + 1
 
     def eval_classes(self, n_way):
         return int(n_way)
@@ -235,6 +242,9 @@ class Regression(TaskKind):
             query_images=tf.zeros([task.n_query, *shape]),
             query_labels=tf.zeros([task.n_query, task.target_dim]),
         )
+
+    def classes_in(self, support_labels):
+        return 1
 
     def eval_classes(self, n_way):
         return 1

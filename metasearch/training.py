@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from metasearch.api import Episode, MetaLearner
 from metasearch.data.preprocess import normalize
+from metasearch.tasks import kind_of
 
 JIT_CHOICES = ("auto", "true", "false")
 
@@ -59,8 +60,8 @@ class MetaTrainer:
     `train_for`. Each step averages the loss over `meta_batch_size` episodes
     (tasks); a step counts as that many episodes in progress reports.
 
-    The task metric is `accuracy` for classification and `mse` (mean squared
-    error) for regression learners (`learner.task.is_regression`).
+    The task metric is the task kind's (`metasearch.tasks`): `accuracy` for
+    classification, `mse` (mean squared error) for regression.
     """
 
     final_learning_rate_fraction = 0.05
@@ -78,8 +79,8 @@ class MetaTrainer:
             raise ValueError(f"meta_batch_size must be >= 1, got {meta_batch_size}")
         self.learner = learner
         self.meta_batch_size = int(meta_batch_size)
-        self.regression = learner.task.is_regression
-        self.metric = "mse" if self.regression else "accuracy"
+        self.kind = kind_of(learner.task)
+        self.metric = self.kind.metric
         self.mean, self.std = (float(v) for v in normalization)
         self.base_learning_rate = float(learning_rate)
         self.decays_over_time = total_steps is None
@@ -114,9 +115,7 @@ class MetaTrainer:
         self.optimizer.build(self.learner.trainable_variables)
 
     def _num_classes(self, support_labels) -> int:
-        if self.regression:
-            return 1
-        return int(tf.reduce_max(support_labels)) + 1
+        return self.kind.classes_in(support_labels)
 
     def _train_step(self, episodes: Episode | tuple[Episode, ...]):
         """One optimiser step on an episode, or on the mean loss of a tuple of them."""
@@ -145,13 +144,10 @@ class MetaTrainer:
 
     def _eval_step(self, episode: Episode, num_classes: int):
         """The task metric on one episode: query accuracy, or query MSE for regression."""
-        logits = self._adapt_step(
+        outputs = self._adapt_step(
             episode.support_images, episode.support_labels, episode.query_images, num_classes
         )
-        if self.regression:
-            return tf.reduce_mean(tf.square(logits - episode.query_labels))
-        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return tf.reduce_mean(tf.cast(tf.equal(predicted, episode.query_labels), tf.float32))
+        return self.kind.episode_metric(outputs, episode.query_labels)
 
     def train(
         self,
