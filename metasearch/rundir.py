@@ -93,6 +93,17 @@ def read_json(path: str) -> Any:
 # --------------------------------------------------------------------------- weights
 
 
+def _weight_keys(names: list[str]) -> list[str]:
+    """Each variable's name, with `#k` after the k-th repeat (Keras may reuse a path)."""
+    seen: dict[str, int] = {}
+    keys = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        keys.append(name if count == 0 else f"{name}#{count}")
+    return keys
+
+
 def save_weights(variables, path: str) -> None:
     """Saves variables by name (`variable.path`) into one `.npz`, atomically."""
     arrays = {f"w{index:04d}": np.asarray(v.numpy()) for index, v in enumerate(variables)}
@@ -105,28 +116,27 @@ def save_weights(variables, path: str) -> None:
 def load_weights(variables, path: str) -> None:
     """Assigns the weights saved by `save_weights`, matched by name and shape.
 
-    Fails naming the file when a variable is missing from it, is extra in it,
-    or has another shape: a learner built differently from the one saved.
+    A name Keras gives twice is matched by its order among those of that
+    name. Fails naming the file when a variable is missing from it, is extra
+    in it, or has another shape: a learner built differently from the one saved.
     """
     with np.load(path) as stored:
-        names = [str(name) for name in stored["__names__"]]
-        by_name = {name: f"w{index:04d}" for index, name in enumerate(names)}
+        stored_keys = _weight_keys([str(name) for name in stored["__names__"]])
+        by_key = {key: f"w{index:04d}" for index, key in enumerate(stored_keys)}
         variables = list(variables)
-        if len(by_name) != len(names):
-            raise UsageError(f"{path}: holds two weights of the same name")
-        wanted = [v.path for v in variables]
-        missing = [name for name in wanted if name not in by_name]
-        extra = sorted(set(names) - set(wanted))
-        if missing or extra or len(set(wanted)) != len(wanted):
+        wanted = _weight_keys([v.path for v in variables])
+        missing = [key for key in wanted if key not in by_key]
+        extra = sorted(set(stored_keys) - set(wanted))
+        if missing or extra:
             raise UsageError(
                 f"{path}: its weights do not match the learner (missing: "
                 f"{', '.join(missing[:3]) or 'none'}; unexpected: {', '.join(extra[:3]) or 'none'})"
             )
-        for variable in variables:
-            value = stored[by_name[variable.path]]
+        for key, variable in zip(wanted, variables):
+            value = stored[by_key[key]]
             if tuple(value.shape) != tuple(variable.shape):
                 raise UsageError(
-                    f"{path}: weight {variable.path} has shape {tuple(value.shape)}, the learner's "
+                    f"{path}: weight {key} has shape {tuple(value.shape)}, the learner's "
                     f"{tuple(variable.shape)}"
                 )
             variable.assign(value)

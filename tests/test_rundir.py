@@ -55,6 +55,19 @@ def test_weights_are_matched_by_name_not_by_position(tmp_path):
     np.testing.assert_array_equal(loaded[0].numpy(), [3.0, 4.0, 5.0])
 
 
+def test_a_name_given_twice_is_matched_by_its_order(tmp_path):
+    path = str(tmp_path / "w.npz")
+    saved = _variables([("a", (2,)), ("a", (2,)), ("b", (1,))])
+    for index, variable in enumerate(saved):
+        variable.assign(np.full(variable.shape, index, np.float32))
+    save_weights(saved, path)
+    loaded = _variables([("a", (2,)), ("b", (1,)), ("a", (2,))])
+    load_weights(loaded, path)
+    assert [float(v.numpy()[0]) for v in loaded] == [0.0, 2.0, 1.0]
+    with pytest.raises(UsageError, match="missing: learner/c; unexpected: learner/a#1"):
+        load_weights(_variables([("a", (2,)), ("b", (1,))]) + _variables([("c", (2,))]), path)
+
+
 @pytest.mark.parametrize(
     "other, message",
     [
