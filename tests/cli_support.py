@@ -39,6 +39,44 @@ def run_cli(*args, env=None, timeout=300, cwd=None) -> subprocess.CompletedProce
     )
 
 
+def pip_install_fixture(package: str, target: Path, build: Path) -> Path:
+    """pip-installs the out-of-tree package `tests/fixtures/PACKAGE` into `target`; returns it.
+
+    A copy is built (in `build`), so pip leaves nothing behind in the repository.
+    """
+    import shutil
+
+    source = build / package
+    shutil.copytree(FIXTURES / package, source)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any(p.name.endswith(".dist-info") for p in target.iterdir())
+    return target
+
+
+def python_path_env(*folders) -> dict[str, str]:
+    """The environment in which a fresh process also imports from `folders`."""
+    existing = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": os.pathsep.join([*map(str, folders), *([existing] if existing else [])])}
+
+
 def read_json(path) -> dict:
     return json.loads(Path(path).read_text())
 

@@ -5,54 +5,22 @@ names them. Their declared options become `--toy_space_width`,
 `--toy_dataset_classes`, ... and reach the components.
 """
 
-import os
-import shutil
-import subprocess
-import sys
-
 import pytest
 
-from cli_support import FIXTURES, read_json, run_cli
+from cli_support import pip_install_fixture, python_path_env, read_json, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("third_party_components")]
-
-
-def _install(package: str, target, build) -> None:
-    source = build / package
-    # A copy, so pip's build leaves nothing behind in the repository.
-    shutil.copytree(FIXTURES / package, source)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Installs both packages, each into a folder of its own; the environment to see them."""
     build = tmp_path_factory.mktemp("build")
-    folders = []
-    for package in ("toy_search_space", "toy_dataset"):
-        target = tmp_path_factory.mktemp(package)
-        _install(package, target, build)
-        folders.append(str(target))
-    existing = os.environ.get("PYTHONPATH")
-    return {"PYTHONPATH": os.pathsep.join(folders + ([existing] if existing else []))}
+    folders = [
+        pip_install_fixture(package, tmp_path_factory.mktemp(package), build)
+        for package in ("toy_search_space", "toy_dataset")
+    ]
+    return python_path_env(*folders)
 
 
 def test_their_options_are_flags_and_reach_the_components(env, tmp_path):

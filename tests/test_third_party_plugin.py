@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cli_support import FIXTURES, TINY, read_json, run_cli
+from cli_support import FIXTURES, TINY, pip_install_fixture, python_path_env, read_json, run_cli
 
 # One worker runs the module, so the pip install fixture runs once, not once per worker.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("third_party_plugin")]
@@ -16,37 +16,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("third_party_plugin")]
 @pytest.fixture(scope="module")
 def plugin_path(tmp_path_factory):
     """pip-installs tests/fixtures/toy_plugin into a private folder; returns it."""
-    target = tmp_path_factory.mktemp("site")
-    build = tmp_path_factory.mktemp("build")
-    source = build / "toy_plugin"
-    # A copy, so pip's build leaves nothing behind in the repository.
-    shutil.copytree(FIXTURES / "toy_plugin", source)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    return pip_install_fixture(
+        "toy_plugin", tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("build")
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert any(p.name.endswith(".dist-info") for p in target.iterdir())
-    return target
 
 
 def _env(plugin_path):
-    existing = os.environ.get("PYTHONPATH")
-    return {"PYTHONPATH": str(plugin_path) + (os.pathsep + existing if existing else "")}
+    return python_path_env(plugin_path)
 
 
 def test_installed_plugin_runs_through_the_cli(plugin_path, tmp_path):
