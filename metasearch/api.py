@@ -315,15 +315,34 @@ class MetaLearner(keras.layers.Layer, abc.ABC):
         return task_loss(self.task, outputs, episode.query_labels)
 
 
+def classification_loss(
+    logits: tf.Tensor, labels: tf.Tensor
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """Cross-entropy of logits `[n, c]` against int labels `[n]`, and the accuracy."""
+    loss = tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    )
+    return loss, {"accuracy": accuracy(logits, labels)}
+
+
+def regression_loss(
+    predictions: tf.Tensor, targets: tf.Tensor
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """Mean squared error of predictions against targets `[n, t]`, reported as `mse`."""
+    mse = tf.reduce_mean(tf.square(predictions - targets))
+    return mse, {"mse": mse}
+
+
+# The loss of each task kind (`metasearch.tasks` builds its kinds on these).
+TASK_LOSSES = {CLASSIFICATION: classification_loss, REGRESSION: regression_loss}
+
+
 def task_loss(
     task: TaskSpec, outputs: tf.Tensor, labels: tf.Tensor
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """`(loss, metrics)` of predictions against labels: cross-entropy and accuracy,
-    or for regression mean squared error (reported as `mse`); the task's kind
-    (`metasearch.tasks`) decides."""
-    from metasearch import tasks  # the kinds build on these contracts
-
-    return tasks.kind_of(task).loss(outputs, labels)
+    """`(loss, metrics)` of predictions against labels, by the task's kind: cross-entropy
+    and accuracy, or for regression mean squared error (reported as `mse`)."""
+    return TASK_LOSSES[task.kind](outputs, labels)
 
 
 def feature_dim(backbone: keras.layers.Layer, task: TaskSpec) -> int:

@@ -88,14 +88,14 @@ def write_results(run_dir: RunDir, config: dict[str, Any]) -> tuple[list[dict[st
 
 def versions() -> dict[str, str]:
     """The versions of metasearch and what it runs on, for export metadata."""
+    from importlib import metadata
+
     import keras
     import keras_tuner
     import tensorflow as tf
 
-    import metasearch
-
     return {
-        "metasearch": metasearch.__version__,
+        "metasearch": metadata.version("metasearch"),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "keras_tuner": keras_tuner.__version__,

@@ -33,6 +33,8 @@ from metasearch.api import (
     Episode,
     TaskSpec,
     accuracy,
+    classification_loss,
+    regression_loss,
 )
 from metasearch.data import episodes
 from metasearch.errors import UsageError
@@ -129,10 +131,7 @@ class Classification(TaskKind):
     column = "val accuracy"
 
     def loss(self, outputs, labels):
-        loss = tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs)
-        )
-        return loss, {"accuracy": self.episode_metric(outputs, labels)}
+        return classification_loss(outputs, labels)
 
     def episode_metric(self, outputs, labels):
         return accuracy(outputs, labels)
@@ -228,8 +227,7 @@ class Regression(TaskKind):
     unused_settings = ("n_way", "train_n_way", "augment", "image_size")
 
     def loss(self, outputs, labels):
-        mse = self.episode_metric(outputs, labels)
-        return mse, {"mse": mse}
+        return regression_loss(outputs, labels)
 
     def episode_metric(self, outputs, labels):
         return tf.reduce_mean(tf.square(outputs - labels))
