@@ -113,8 +113,10 @@ def generate(
         )
     control = control.reshape(-1, MAX_STROKES, 4, 2)
     width = width.reshape(-1)
-    # Chunks bound the [n, pixels, segments, 2] temporaries to a few hundred MB.
-    chunk = max(1, 2_000_000 // (size * size))
+    # Chunks bound each [n, pixels, segments, 2] temporary to about 64 MB: rasterizing
+    # is what set the peak memory of a whole search (3.9 GB at 2 million pixels a chunk).
+    segments = MAX_STROKES * (_POINTS_PER_STROKE - 1)
+    chunk = max(1, 8_000_000 // (size * size * segments * 2))
     images = np.concatenate(
         [
             _rasterize(control[i : i + chunk], width[i : i + chunk], size)
