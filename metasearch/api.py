@@ -394,25 +394,61 @@ def accuracy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.cast(tf.equal(predicted, labels), tf.float32))
 
 
+# An image to decode: a file path, or `(archive path, member)` inside a zip archive.
+ImageSource = str | tuple[str, str]
+
+
 @dataclasses.dataclass
 class ClassSet:
-    """The images of one class set (meta-train, meta-validation or meta-test).
+    """The classes of one class set (meta-train, meta-validation or meta-test).
 
-    `images` is float32 `[num_classes, images_per_class, h, w, c]` in [0, 1],
-    already at the model's image size; `names` names each class (e.g.
+    Either `images`, float32 in [0, 1] already at the model's image size
+    (generated or already decoded data sets): one array `[num_classes,
+    images_per_class, h, w, c]`, or a list of `[n_i, h, w, c]` arrays, one per
+    class, when classes hold different numbers of images; or
+    `files`: per class, a list of `ImageSource`s (PNG, JPEG, BMP, GIF or
+    WebP, any size, grey or colour, any number per class) that the core
+    decodes, converts to the data set's channels and resizes on demand
+    (`metasearch.data.pipeline`). `names` names each class (e.g.
     `Greek/character05`).
     """
 
-    images: np.ndarray
+    images: np.ndarray | list[np.ndarray] | None
     names: list[str]
+    files: list[list[ImageSource]] | None = None
+
+    def __post_init__(self):
+        if (self.images is None) == (self.files is None):
+            raise ValueError("ClassSet: give either images or files")
+        if len(self.names) != self.num_classes:
+            raise ValueError(f"ClassSet: {len(self.names)} names for {self.num_classes} classes")
 
     @property
     def num_classes(self) -> int:
-        return int(self.images.shape[0])
+        return len(self.images) if self.images is not None else len(self.files)
+
+    @property
+    def counts(self) -> list[int]:
+        """Images of each class."""
+        if isinstance(self.images, np.ndarray):
+            return [int(self.images.shape[1])] * self.num_classes
+        if self.images is not None:
+            return [len(images) for images in self.images]
+        return [len(sources) for sources in self.files]
 
     @property
     def images_per_class(self) -> int:
-        return int(self.images.shape[1])
+        """The fewest images any class has."""
+        return min(self.counts) if self.num_classes else 0
+
+    def subset(self, keep: list[int]) -> ClassSet:
+        """The classes at indices `keep`, in that order."""
+        names = [self.names[i] for i in keep]
+        if isinstance(self.images, np.ndarray):
+            return ClassSet(self.images[keep], names)
+        if self.images is not None:
+            return ClassSet([self.images[i] for i in keep], names)
+        return ClassSet(None, names, files=[self.files[i] for i in keep])
 
 
 @dataclasses.dataclass

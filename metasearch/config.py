@@ -56,7 +56,9 @@ class RunConfig:
     `train_n_way=None` means `n_way`. `fix_hparams` maps hyperparameter names
     (e.g. `conv_blocks/depth`) to values held fixed instead of searched.
     `inner_optimizer` (`sgd` or `learned`) pins the MAML family's inner-loop
-    rule; it is folded into `fix_hparams` when the job starts.
+    rule; it is folded into `fix_hparams` when the job starts. `cache_memory`
+    (MiB) bounds the decoded images kept in memory; class sets that do not fit
+    are decoded per episode instead (same episodes, slower).
     """
 
     dataset: str = "glyphs"
@@ -86,6 +88,7 @@ class RunConfig:
     jit_compile: str = "auto"
     progress: bool = True
     worker_timeout: int = 120
+    cache_memory: int = 8192
     dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     strategy_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     space_options: dict[str, Any] = dataclasses.field(default_factory=dict)

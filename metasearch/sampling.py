@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from metasearch.api import MetaLearner
+from metasearch.data.pipeline import EpisodeImages
 from metasearch.data.preprocess import normalize
 from metasearch.errors import UsageError
 from metasearch.rundir import FinishedRun
@@ -110,14 +111,21 @@ def sample_run(
             "sample needs a generative plugin such as neural_statistician"
         )
     chosen = run.trial(trial_id)
-    test = run.components.dataset(run.dataset_options(data_dir)).load().test
-    if shots > test.images_per_class:
+    dataset = run.components.dataset(run.dataset_options(data_dir))
+    test = dataset.load().test
+    if shots > max(test.counts):
         raise UsageError(
-            f"--sample_shots: {shots} exceeds the {test.images_per_class} images per class"
+            f"--sample_shots: {shots} exceeds the {max(test.counts)} images per class"
         )
+    # Classes with fewer than `shots` images are left out; only the picked ones are decoded.
+    images = EpisodeImages(
+        test, run.config["image_size"], int(dataset.channels), shots, cache_bytes=0
+    )
     rng = np.random.default_rng(seed)
-    picked = np.sort(rng.choice(test.num_classes, min(classes, test.num_classes), replace=False))
-    given = test.images[picked, :shots]
+    count = min(classes, images.num_classes)
+    picked = np.sort(rng.choice(images.num_classes, count, replace=False))
+    flat = images.offsets[picked][:, None] + np.arange(shots)[None, :]
+    given = images.images(tf.constant(flat)).numpy()
     learner, _ = run.rebuild(chosen)
     normalization = tuple(run.data["normalization"])
     generated = generate_images(learner, given, normalization, samples_per_class, seed)

@@ -37,6 +37,7 @@ from metasearch.api import (
     regression_loss,
 )
 from metasearch.data import episodes
+from metasearch.data.pipeline import EpisodeImages
 from metasearch.errors import UsageError
 
 
@@ -46,7 +47,8 @@ class TaskData:
 
     `splits` holds the class sets of a classification data set (None for a
     generated task family); `normalization` is the `(mean, std)` every input
-    is normalised with; `info` is what `dataset.json` records.
+    is normalised with; `info` is what `dataset.json` records; `images` holds
+    each class set's images as the episode sampler draws them.
     """
 
     task: TaskSpec
@@ -54,6 +56,7 @@ class TaskData:
     normalization: tuple[float, float]
     info: dict[str, Any]
     splits: ClassSplits | None = None
+    images: dict[str, EpisodeImages] | None = None
 
 
 class TaskKind(abc.ABC):
@@ -154,24 +157,36 @@ class Classification(TaskKind):
 
     def load(self, dataset, config):
         splits = dataset.load()
+        needs = config.k_shot + config.n_query
         check_episode_shapes(config, splits)
-        channels = int(type(dataset).channels)
-        train_images = splits.train.images
-        normalization = (float(train_images.mean()), float(train_images.std()) or 1.0)
+        channels = int(dataset.channels)
+        budget = int(config.cache_memory) * 2**20
+        images = {}
+        # Evaluation sets are cached first: they are small and read most often per class.
+        for split in ("val", "test", "train"):
+            store = EpisodeImages(
+                getattr(splits, split), config.image_size, channels, needs, budget
+            )
+            budget -= store.cached_bytes
+            images[split] = store
+        normalization = images["train"].statistics()
         info = {
             "dataset": config.dataset,
             "channels": channels,
             "image_size": config.image_size,
             "normalization": list(normalization),
-            "classes": {split: s.num_classes for split, s in splits.items()},
-            "images_per_class": {split: s.images_per_class for split, s in splits.items()},
+            "classes": {split: images[split].num_classes for split, _ in splits.items()},
+            "images_per_class": {
+                split: int(images[split].counts.min()) for split, _ in splits.items()
+            },
+            "class_sets": {split: images[split].info() for split, _ in splits.items()},
         }
-        return TaskData(self.task_spec(config, info), dataset, normalization, info, splits)
+        return TaskData(self.task_spec(config, info), dataset, normalization, info, splits, images)
 
     def episodes(self, data, config, split, seed, stream, count=None):
         training = split == "train"
         return episodes.episode_dataset(
-            getattr(data.splits, split),
+            data.images[split],
             config.train_n_way if training else config.n_way,
             config.k_shot,
             config.n_query,
@@ -294,7 +309,11 @@ class Regression(TaskKind):
 
 
 def check_episode_shapes(config: Any, splits: ClassSplits) -> None:
-    """Fails if the class sets cannot supply the requested episodes."""
+    """Fails if a class set cannot supply the requested episodes (before decoding anything).
+
+    Classes with fewer than K + Q images are left out of episodes; what is
+    left must still hold N classes.
+    """
     needs = config.k_shot + config.n_query
     for split, class_set in splits.items():
         n_way = config.train_n_way if split == "train" else config.n_way
@@ -303,15 +322,27 @@ def check_episode_shapes(config: Any, splits: ClassSplits) -> None:
             if split == "train" and config.train_n_way != config.n_way
             else "--n_way"
         )
-        if n_way > class_set.num_classes:
-            raise UsageError(
-                f"{flag}={n_way}: the meta-{split} class set of {config.dataset} has only "
-                f"{class_set.num_classes} classes"
-            )
-        if needs > class_set.images_per_class:
+        counts = class_set.counts
+        if counts and max(counts) < needs:
             raise UsageError(
                 f"--k_shot + --n_query = {needs}: the meta-{split} classes of {config.dataset} "
-                f"have only {class_set.images_per_class} images each"
+                f"have only {max(counts)} images each at most"
+                if min(counts) != max(counts)
+                else f"--k_shot + --n_query = {needs}: the meta-{split} classes of "
+                f"{config.dataset} have only {max(counts)} images each"
+            )
+        usable = sum(1 for count in counts if count >= needs)
+        if n_way > usable:
+            left_out = len(counts) - usable
+            detail = (
+                f" with at least {needs} images ({left_out} of its {len(counts)} classes have "
+                "fewer)"
+                if left_out
+                else ""
+            )
+            raise UsageError(
+                f"{flag}={n_way}: the meta-{split} class set of {config.dataset} has only "
+                f"{usable} classes{detail}"
             )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from metasearch.api import ClassSet, Episode
+from metasearch.data.pipeline import EpisodeImages
 
 # Stream ids keep the random streams of different uses apart.
 TRAIN_STREAM = 1
@@ -29,7 +30,7 @@ def episode_key(seed, stream, index) -> tf.Tensor:
 
 
 def sample_episode(
-    images: tf.Tensor,
+    images: EpisodeImages,
     index: tf.Tensor,
     n_way: int,
     k_shot: int,
@@ -37,17 +38,27 @@ def sample_episode(
     seed: int,
     stream: int,
 ) -> Episode:
-    """Builds episode `index` from `images [classes, per_class, h, w, c]`."""
-    num_classes = tf.shape(images)[0]
-    per_class = tf.shape(images)[1]
+    """Builds episode `index`: N classes, then K + Q distinct images of each.
+
+    Classes may hold different numbers of images (each has at least K + Q):
+    draws past a class's count sort last, so with equal counts this is the
+    plain per-class shuffle.
+    """
+    counts = tf.constant(images.counts, tf.int64)
+    offsets = tf.constant(images.offsets, tf.int64)
+    num_classes = tf.shape(counts)[0]
     key = episode_key(seed, stream, index)
     class_key, instance_key = tf.unstack(tf.random.experimental.stateless_split(key, num=2), axis=0)
     classes = tf.argsort(tf.random.stateless_uniform([num_classes], class_key))[:n_way]
-    instances = tf.argsort(tf.random.stateless_uniform([n_way, per_class], instance_key), axis=1)[
-        :, : k_shot + n_query
-    ]
-    picked = tf.gather(tf.gather(images, classes), instances, batch_dims=1)
-    shape = tf.shape(images)[2:]
+    draws = tf.random.stateless_uniform([n_way, images.max_count], instance_key)
+    beyond = (
+        tf.range(images.max_count, dtype=tf.int64)[None, :] >= tf.gather(counts, classes)[:, None]
+    )
+    draws = tf.where(beyond, 2.0, draws)
+    instances = tf.argsort(draws, axis=1)[:, : k_shot + n_query]
+    flat = tf.gather(offsets, classes)[:, None] + tf.cast(instances, tf.int64)
+    picked = images.images(flat)
+    shape = tf.shape(picked)[2:]
     support = tf.reshape(picked[:, :k_shot], tf.concat([[n_way * k_shot], shape], 0))
     query = tf.reshape(picked[:, k_shot:], tf.concat([[n_way * n_query], shape], 0))
     labels = tf.range(n_way, dtype=tf.int32)
@@ -99,7 +110,7 @@ def random_affine(images: tf.Tensor, key: tf.Tensor, strength: float = 1.0) -> t
 
 
 def episode_dataset(
-    class_set: ClassSet,
+    images: EpisodeImages | ClassSet,
     n_way: int,
     k_shot: int,
     n_query: int,
@@ -111,12 +122,17 @@ def episode_dataset(
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` of `Episode`s: `count` of them, or endless if None.
 
-    `augment="affine"` redraws every image with `random_affine` (for
-    meta-training; evaluation streams are never augmented).
+    `images` is a class set's `EpisodeImages` (a `ClassSet` of generated
+    arrays is wrapped as one). `augment="affine"` redraws every image with
+    `random_affine` (for meta-training; evaluation streams are never augmented).
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
-    images = tf.constant(class_set.images, tf.float32)
+    if isinstance(images, ClassSet):
+        if images.images is None:
+            raise ValueError("episode_dataset: a ClassSet of files needs EpisodeImages")
+        size, channels = images.images[0].shape[1], images.images[0].shape[3]
+        images = EpisodeImages(images, size, channels, k_shot + n_query, cache_bytes=0)
 
     def make(index):
         episode = sample_episode(images, index, n_way, k_shot, n_query, seed, stream)

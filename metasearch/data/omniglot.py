@@ -242,32 +242,47 @@ def _load_images(character: _Character, cache: dict[str, zipfile.ZipFile]) -> li
     return images
 
 
+def _resize_all(images: list[np.ndarray], image_size: int) -> list[np.ndarray]:
+    """Each grey image `[h, w]` resized to `[image_size, image_size, 1]`, whatever its size."""
+    resized: list[np.ndarray | None] = [None] * len(images)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        by_shape.setdefault(image.shape, []).append(index)
+    for indices in by_shape.values():
+        stacked = np.stack([images[i] for i in indices])[..., None]
+        for index, image in zip(indices, resize_numpy(stacked, image_size)):
+            resized[index] = image
+    return resized
+
+
 def load_class_set(characters: Sequence[_Character], image_size: int, rotations: bool) -> ClassSet:
-    """Decodes, resizes and stacks the characters' images; optionally adds rotations."""
+    """Decodes and resizes the characters' images; optionally adds rotations.
+
+    Every character keeps all its images (the core leaves out characters with
+    too few for an episode, naming them); images of an unusual size are
+    resized like the rest. Equal counts give one `[classes, n, h, w, 1]` array.
+    """
     cache: dict[str, zipfile.ZipFile] = {}
     try:
         decoded = [_load_images(c, cache) for c in characters]
     finally:
         for zf in cache.values():
             zf.close()
-    per_class = min(len(images) for images in decoded)
-    if per_class == 0:
-        empty = characters[[len(i) for i in decoded].index(0)]
-        raise UsageError(f"--data_dir: character {empty.archive}/{empty.key} has no images")
-    shapes = {image.shape for images in decoded for image in images}
-    if len(shapes) != 1:
-        raise UsageError(f"--data_dir: images of different sizes {sorted(shapes)[:3]}")
-    stacked = np.stack([np.stack(images[:per_class]) for images in decoded])[..., None]
-    flat = stacked.reshape(-1, *stacked.shape[2:])
-    resized = resize_numpy(flat, image_size).reshape(
-        len(characters), per_class, image_size, image_size, 1
-    )
+    flat = _resize_all([image for images in decoded for image in images], image_size)
+    classes, start = [], 0
+    for images in decoded:
+        part = flat[start : start + len(images)]
+        start += len(images)
+        shape = (len(part), image_size, image_size, 1)
+        classes.append(np.stack(part).astype(np.float32) if part else np.zeros(shape, np.float32))
     names = [c.key for c in characters]
     if rotations:
-        turned = [np.rot90(resized, k, axes=(2, 3)) for k in range(1, 4)]
-        resized = np.concatenate([resized, *turned], axis=0)
+        turned = [np.rot90(images, k, axes=(1, 2)) for k in range(1, 4) for images in classes]
+        classes = classes + turned
         names = names + [f"{n}@rot{90 * k}" for k in range(1, 4) for n in names]
-    return ClassSet(np.ascontiguousarray(resized, np.float32), names)
+    if len({len(images) for images in classes}) == 1:
+        return ClassSet(np.ascontiguousarray(np.stack(classes), np.float32), names)
+    return ClassSet([np.ascontiguousarray(images) for images in classes], names)
 
 
 def load_characters(

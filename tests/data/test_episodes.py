@@ -3,6 +3,7 @@ import tensorflow as tf
 
 from metasearch.api import ClassSet
 from metasearch.data import episodes
+from metasearch.data.pipeline import EpisodeImages
 
 
 def _class_set(num_classes=12, per_class=6, size=4):
@@ -68,6 +69,8 @@ def test_mean_and_ci95():
 
 
 def test_sample_episode_runs_in_graph_mode():
-    images = tf.constant(_class_set().images)
+    class_set = _class_set()
+    size, channels = class_set.images.shape[2], class_set.images.shape[4]
+    images = EpisodeImages(class_set, size, channels, min_images=2, cache_bytes=0)
     fn = tf.function(lambda i: episodes.sample_episode(images, i, 3, 1, 1, 0, 1))
     assert fn(tf.constant(5, tf.int64)).support_images.shape[0] == 3
