@@ -35,7 +35,6 @@ from metasearch.errors import UsageError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 # How many training images estimate the normalisation of a file-based class set.
 STATISTICS_SAMPLE = 2000
-_DECODE_BATCH = 256
 
 
 def describe_source(source: ImageSource) -> str:
@@ -173,16 +172,14 @@ class EpisodeImages:
             lambda data: decode(data, self.channels, self.image_size),
             input_signature=[tf.TensorSpec([], tf.string)],
         )
-        for start in range(0, total, _DECODE_BATCH):
-            stop = min(total, start + _DECODE_BATCH)
-            for index in range(start, stop):
-                try:
-                    cache[index] = decode_one(tf.constant(self._bytes(index))).numpy()
-                except tf.errors.InvalidArgumentError as error:
-                    where = describe_source(self._sources[index])
-                    raise UsageError(
-                        f"{where}: TensorFlow cannot decode it ({error.message.splitlines()[0]})"
-                    ) from None
+        for index in range(total):
+            try:
+                cache[index] = decode_one(tf.constant(self._bytes(index))).numpy()
+            except tf.errors.InvalidArgumentError as error:
+                where = describe_source(self._sources[index])
+                raise UsageError(
+                    f"{where}: TensorFlow cannot decode it ({error.message.splitlines()[0]})"
+                ) from None
         return cache
 
     def statistics(self) -> tuple[float, float]:
@@ -214,7 +211,14 @@ class EpisodeImages:
         if self.mode == "generated":
             return tf.gather(self._constant(), flat_indices)
         if self.mode == "cached":
-            return tf.cast(tf.gather(self._constant(), flat_indices), tf.float32) / 255.0
+            # Gathered in numpy: the cache is held once, never copied into a tensor.
+            picked = tf.numpy_function(
+                lambda indices: self._images[indices], [flat_indices], tf.uint8, stateful=False
+            )
+            picked = tf.ensure_shape(
+                picked, [None] * len(flat_indices.shape) + list(self._images.shape[1:])
+            )
+            return tf.cast(picked, tf.float32) / 255.0
         flat = tf.reshape(flat_indices, [-1])
         encoded = tf.gather(self._sources_tensor(), flat)
         decoded = tf.map_fn(

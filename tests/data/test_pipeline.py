@@ -1,0 +1,159 @@
+"""The episode pipeline: uneven classes, files cached or streamed, faults named."""
+
+import re
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from metasearch.api import ClassSet, ClassSplits, DatasetOptions
+from metasearch.config import RunConfig
+from metasearch.data import episodes, omniglot
+from metasearch.data.pipeline import EpisodeImages
+from metasearch.errors import UsageError
+from metasearch.tasks import check_episode_shapes, kind_of
+
+
+def _write_class_folders(root, counts, size=(12, 10)):
+    """Class `c` image `j` is a flat colour encoding (c, j); odd images are grey PNGs."""
+    files = []
+    for c, count in enumerate(counts):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True)
+        paths = []
+        for j in range(count):
+            pixels = np.full((size[1] + j, size[0] + 2 * j, 3), (20 * c, 10 * j, 200), np.uint8)
+            image = Image.fromarray(pixels)
+            if j % 2:
+                path = folder / f"{j}.png"
+                image.convert("L").save(path)
+            else:
+                path = folder / f"{j}.jpg"
+                image.save(path, quality=95)
+            paths.append(str(path))
+        files.append(paths)
+    return ClassSet(None, [f"class{c}" for c in range(len(counts))], files=files)
+
+
+def _episodes(images, count=6, n_way=3, k_shot=1, n_query=2):
+    stream = episodes.episode_dataset(images, n_way, k_shot, n_query, seed=4, stream=1, count=count)
+    return [
+        (e.support_images.numpy(), e.query_images.numpy(), e.support_labels.numpy()) for e in stream
+    ]
+
+
+def test_classes_with_too_few_images_are_left_out_and_named_never_shrinking_others(tmp_path):
+    class_set = _write_class_folders(tmp_path, [5, 2, 4, 3, 6])
+    images = EpisodeImages(class_set, 8, 3, min_images=3, cache_bytes=2**30)
+    assert images.names == ["class0", "class2", "class3", "class4"]
+    assert list(images.counts) == [5, 4, 3, 6]
+    info = images.info()
+    assert info["left_out"] == {"count": 1, "classes": ["class1"]}
+    assert info["converted"] == {"grey_images": 8, "colour_images": 10, "to_channels": 3}
+    assert info["mode"] == "cached"
+
+
+def test_cached_and_streamed_images_give_the_same_episodes(tmp_path):
+    class_set = _write_class_folders(tmp_path, [5, 4, 3, 6, 4])
+    cached = EpisodeImages(class_set, 8, 3, min_images=3, cache_bytes=2**30)
+    streamed = EpisodeImages(class_set, 8, 3, min_images=3, cache_bytes=0)
+    assert (cached.mode, streamed.mode) == ("cached", "streamed")
+    first, second = _episodes(cached), _episodes(streamed)
+    for a, b in zip(first, second):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    # Deterministic per index, and episodes differ from each other.
+    again = _episodes(cached)
+    np.testing.assert_array_equal(first[3][0], again[3][0])
+    assert not np.array_equal(first[0][0], first[1][0])
+    assert first[0][0].shape == (3, 8, 8, 3) and first[0][0].dtype == np.float32
+    assert 0.0 <= first[0][0].min() and first[0][0].max() <= 1.0
+
+
+def test_an_episode_draws_distinct_images_of_each_class_within_its_own_count():
+    # Class c holds c + 3 images; pixel value c * 100 + j names image j of class c.
+    arrays = [
+        np.broadcast_to(
+            (c * 100 + np.arange(c + 3))[:, None, None, None].astype(np.float32), (c + 3, 2, 2, 1)
+        ).copy()
+        for c in range(6)
+    ]
+    images = EpisodeImages(ClassSet(arrays, [str(c) for c in range(6)]), 2, 1, 3, 0)
+    for support, query, labels in _episodes(images, count=30, n_way=4, k_shot=1, n_query=2):
+        values = np.concatenate([support[:, 0, 0, 0], query[:, 0, 0, 0]])
+        by_label = {}
+        for value, label in zip(values, np.concatenate([labels, np.repeat(np.arange(4), 2)])):
+            by_label.setdefault(int(label), []).append(int(value))
+        for drawn in by_label.values():
+            classes = {v // 100 for v in drawn}
+            assert len(classes) == 1 and len(set(drawn)) == 3
+            (c,) = classes
+            assert all(v % 100 < c + 3 for v in drawn)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "an empty file (0 bytes), not an image"), (b"not a picture", "not a readable image")],
+)
+def test_a_broken_image_is_named(tmp_path, content, message):
+    class_set = _write_class_folders(tmp_path, [3, 3])
+    bad = tmp_path / "class1" / "broken.jpg"
+    bad.write_bytes(content)
+    class_set.files[1].append(str(bad))
+    for budget in (2**30, 0):
+        with pytest.raises(UsageError, match=re.escape(f"{bad}: {message}")):
+            EpisodeImages(class_set, 8, 3, min_images=2, cache_bytes=budget)
+
+
+def _config(**changes):
+    return RunConfig(**{"dataset": "omniglot", "n_way": 2, "k_shot": 1, "n_query": 2, **changes})
+
+
+def test_too_few_usable_classes_are_refused_with_the_numbers():
+    arrays = [np.zeros((n, 4, 4, 1), np.float32) for n in (5, 2, 2, 5)]
+    splits = ClassSplits(*(ClassSet(arrays, list("abcd")) for _ in range(3)))
+    check_episode_shapes(_config(), splits)
+    with pytest.raises(
+        UsageError,
+        match=r"--n_way=3: the meta-train class set of omniglot has only 2 classes with at least "
+        r"3 images \(2 of its 4 classes have fewer\)",
+    ):
+        check_episode_shapes(_config(n_way=3), splits)
+    with pytest.raises(
+        UsageError, match=r"--k_shot \+ --n_query = 7: .* only 5 images each at most"
+    ):
+        check_episode_shapes(_config(n_query=6), splits)
+
+
+def test_an_omniglot_character_with_two_images_is_left_out_and_named(tmp_path):
+    # 3 alphabets x 3 characters x 4 drawers, but one character has only 2 drawings.
+    with zipfile.ZipFile(tmp_path / "images_background.zip", "w") as zf:
+        for alphabet in "ABC":
+            for c in range(1, 4):
+                drawers = 2 if (alphabet, c) == ("A", 2) else 4
+                for d in range(1, drawers + 1):
+                    image = Image.new("L", (12, 12), 255)
+                    image.putpixel((c, d), 0)
+                    path = tmp_path / "x.png"
+                    image.save(path)
+                    zf.write(path, f"images_background/{alphabet}/character{c:02d}/{c}_{d}.png")
+    dataset = omniglot.Omniglot(
+        DatasetOptions(
+            str(tmp_path),
+            12,
+            0,
+            {
+                "train": ["images_background/A"],
+                "val": ["images_background/B"],
+                "test": ["images_background/C"],
+            },
+        )
+    )
+    data = kind_of("classification").load(dataset, _config(k_shot=1, n_query=2))
+    train = data.info["class_sets"]["train"]
+    assert train["left_out"] == {"count": 1, "classes": ["A/character02"]}
+    # The other characters keep all four drawings each.
+    assert train["images_per_class"] == {"min": 4, "max": 4} and train["classes"] == 2
+    stream = kind_of("classification").episodes(data, _config(), "train", 0, 1, count=3)
+    assert all(e.support_images.shape == (2, 12, 12, 1) for e in stream)
