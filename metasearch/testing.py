@@ -193,13 +193,44 @@ def check_trains(learner: MetaLearner, task: TaskSpec, steps: int = 12) -> tuple
     return first, last
 
 
-def check_runs(learner: MetaLearner, task: TaskSpec) -> None:
+def pipeline_episode(task: TaskSpec, seed: int = 0) -> Episode:
+    """An episode of `task`'s shape drawn by the core's episode pipeline (colour or grey).
+
+    The classes are uneven (some with one image more than an episode needs),
+    their images flat colours plus noise: what a data set of real images
+    gives, through `metasearch.data.pipeline` and `episode_dataset`.
+    """
+    from metasearch.api import ClassSet
+    from metasearch.data.episodes import episode_dataset
+    from metasearch.data.pipeline import EpisodeImages
+
+    rng = np.random.default_rng(seed)
+    needs = task.k_shot + task.n_query
+    arrays = [
+        np.clip(
+            rng.uniform(0.0, 1.0, size=(1, 1, 1, task.image_shape[-1]))
+            + rng.normal(0.0, 0.1, size=(needs + c % 2, *task.image_shape)),
+            0.0,
+            1.0,
+        ).astype(np.float32)
+        for c in range(task.n_way + 1)
+    ]
+    size, channels = task.image_shape[0], task.image_shape[-1]
+    images = EpisodeImages(
+        ClassSet(arrays, [f"c{c}" for c in range(len(arrays))]), size, channels, needs, 0
+    )
+    stream = episode_dataset(images, task.n_way, task.k_shot, task.n_query, seed, 1, count=1)
+    return next(iter(stream))
+
+
+def check_runs(learner: MetaLearner, task: TaskSpec, episode: Episode | None = None) -> None:
     """One graph-mode training step is finite and adaptation gives outputs of the right shape.
 
-    The light check for every sampled config; `check_compiles_with_xla` and
-    `check_trains` cover the defaults.
+    The light check for every sampled config (and, with an `episode` from
+    `pipeline_episode`, on 84x84 colour episodes); `check_compiles_with_xla`
+    and `check_trains` cover the defaults.
     """
-    episode = tiny_episode(task)
+    episode = tiny_episode(task) if episode is None else episode
     trainer = MetaTrainer(learner, task_normalization(task), 1e-3, 2, jit_compile=False)
     trainer.build(episode)
     loss, _ = trainer.train_step(episode)
@@ -512,6 +543,20 @@ class MetaLearnerConformance(_Suite):
         plugin = self.plugin_class()
         for config in sample_configs(plugin, 1 + self.sampled_configs, seed=1)[1:]:
             check_runs(*self.learner(config=config, space_config=self.sampled_space_config))
+
+    def test_colour_episodes(self):
+        """One training step and an adaptation on 84x84 colour episodes from the pipeline."""
+        self.require(CLASSIFICATION)
+        task = tiny_task(image_size=84, channels=3)
+        learner = build_learner(
+            self.plugin_class(),
+            self.search_space,
+            task,
+            self.config,
+            self.sampled_space_config,
+            self.options,
+        )
+        check_runs(learner, task, pipeline_episode(task))
 
     def test_regression(self, tmp_path):
         """Trains, traces, compiles with XLA and exports on a sine task: one learner for all."""
