@@ -37,6 +37,7 @@ setup(
         "numpy",
         "pillow",
         "matplotlib>=3.5",  # cell pictures and search-progress plots (no system graphviz)
+        "tensorboard>=2.16",  # trial curves and the HParams record (metasearch.summaries)
         "grpcio",  # distributed search: the chief serves keras-tuner's oracle over gRPC
     ],
     extras_require={
@@ -73,6 +74,11 @@ setup(
             "glyphs = metasearch.data.glyphs:Glyphs",
             "omniglot = metasearch.data.omniglot:Omniglot",
             "sinusoid = metasearch.data.sinusoid:Sinusoid",
+            "image_folder = metasearch.data.image_folder:ImageFolder",
+            "mini_imagenet = metasearch.data.mini_imagenet:MiniImageNet",
+            "cub = metasearch.data.cub:CUB",
+            "meta_album = metasearch.data.meta_album:MetaAlbum",
+            "colour_shapes = metasearch.data.shapes:ColourShapes",
         ],
         "metasearch.strategies": [
             "random = metasearch.strategies.random_search:RandomOracle",
