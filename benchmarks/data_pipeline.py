@@ -76,6 +76,7 @@ def measure_pipeline(root: str, cache_mb: int, episodes: int) -> dict:
     from metasearch.data.image_folder import ImageFolder
     from metasearch.data.pipeline import EpisodeImages
 
+    baseline = _peak_mb()  # Python, TensorFlow, Keras and metasearch imported
     started = time.perf_counter()
     dataset = ImageFolder(DatasetOptions(root, SIZE, 0, {"split": [0.98, 0.01, 0.01]}))
     splits = dataset.load()
@@ -103,6 +104,8 @@ def measure_pipeline(root: str, cache_mb: int, episodes: int) -> dict:
         "prepare_seconds": round(prepared, 1),
         "episodes_per_second": round(episodes / seconds, 1),
         "peak_resident_mb": round(_peak_mb(), 0),
+        "import_baseline_mb": round(baseline, 0),
+        "cache_mb": round(images.cached_bytes / 2**20, 0),
     }
 
 
