@@ -15,9 +15,13 @@ Each learner is compiled the way the core compiles adaptation
 gives the median and 90th percentile in milliseconds and maml's median over
 versa's, and for adaptation alone (`adapt_only`: the task state, no query
 pass). With `--saved_model` the exported SavedModel's `few_shot` signature
-(what a user of the export calls, with in-graph resizing) is timed too.
+(what a user of the export calls, with in-graph resizing) is timed too, with
+its input checks (labels in 0..C-1, a non-empty support set, ranks, channels,
+lengths, finite pixels: what every export has) and, side by side in
+alternating calls, exported without them (`saved_model_without_checks`);
+`input_checks_cost` is the ratio of the medians (target: at most 1.05).
 Latency does not depend on the weights' values, so the learners are not
-trained.
+trained. The JSON gives the load average before and after.
 
     python benchmarks/adaptation_latency.py [--repeats 50] [--saved_model]
 
@@ -52,6 +56,8 @@ from metasearch.training import MetaTrainer, resolve_jit_compile  # noqa: E402
 ARCHITECTURE = {"depth": 4, "filters": 64, "growth": 1.0}
 NORMALIZATION = (0.5, 0.3)
 TARGET_SPEEDUP = 5.0
+# Issue 17: few_shot with its input checks within 5% of without.
+TARGET_CHECKS_RATIO = 1.05
 
 
 def make_task(args) -> tuple:
@@ -94,6 +100,28 @@ def timed(call, repeats: int, warmup: int) -> dict:
     }
 
 
+def timed_side_by_side(calls: dict, repeats: int, warmup: int) -> dict:
+    """`timed` for several calls, interleaved call by call so that load drifts hit all alike."""
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(1000.0 * (time.perf_counter() - start))
+    return {
+        name: {
+            "median_ms": float(np.median(values)),
+            "p90_ms": float(np.percentile(values, 90)),
+            "min_ms": float(np.min(values)),
+            "repeats": repeats,
+        }
+        for name, values in times.items()
+    }
+
+
 def measure(name: str, args, task_tensors, jit: bool) -> dict:
     """Latency of one learner, compiled in process and (optionally) as a SavedModel."""
     support, labels, query = task_tensors
@@ -125,23 +153,26 @@ def measure(name: str, args, task_tensors, jit: bool) -> dict:
         ),
     }
     if args.saved_model:
+        calls = {}
         with tempfile.TemporaryDirectory() as scratch:
-            path = export_learner(
-                learner,
-                os.path.join(scratch, name),
-                image_size=args.image_size,
-                channels=1,
-                normalization=NORMALIZATION,
-                metadata={"benchmark": "adaptation_latency"},
-            )
-            few_shot = tf.saved_model.load(path).signatures["few_shot"]
-            record["saved_model"] = timed(
-                lambda: few_shot(support_images=support, support_labels=labels, query_images=query)[
-                    "logits"
-                ].numpy(),
-                args.repeats,
-                args.warmup,
-            )
+            for where, checks in (("saved_model", True), ("saved_model_without_checks", False)):
+                path = export_learner(
+                    learner,
+                    os.path.join(scratch, where),
+                    image_size=args.image_size,
+                    channels=1,
+                    normalization=NORMALIZATION,
+                    metadata={"benchmark": "adaptation_latency"},
+                    check_inputs=checks,
+                )
+                few_shot = tf.saved_model.load(path).signatures["few_shot"]
+                calls[where] = lambda few_shot=few_shot: few_shot(
+                    support_images=support, support_labels=labels, query_images=query
+                )["logits"].numpy()
+            record.update(timed_side_by_side(calls, args.repeats, args.warmup))
+        record["input_checks_cost"] = (
+            record["saved_model"]["median_ms"] / record["saved_model_without_checks"]["median_ms"]
+        )
     return record
 
 
@@ -159,6 +190,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jit_compile", default="auto")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     jit = resolve_jit_compile(args.jit_compile)
     task_tensors = make_task(args)
     results = {}
@@ -183,6 +215,16 @@ def main():
         },
         "results": results,
     }
+    if args.saved_model:
+        ratios = {name: record["input_checks_cost"] for name, record in results.items()}
+        summary["input_checks_cost"] = ratios
+        summary["input_checks_target"] = (
+            f"few_shot with input checks at most {TARGET_CHECKS_RATIO}x the median without"
+        )
+        summary["input_checks_meet_target"] = all(
+            ratio <= TARGET_CHECKS_RATIO for ratio in ratios.values()
+        )
+    summary["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
     if "versa" in results and "maml" in results:
         speedups = {}
         for where in ("in_process", "adapt_only", "saved_model"):

@@ -1,5 +1,7 @@
-"""The `metasearch` command: `metasearch [search] --flags`, `metasearch export` and
-`metasearch sample` (new images from a generative learner, as a PNG grid).
+"""The `metasearch` command: `metasearch [search] --flags`, `metasearch export`,
+`metasearch sample` (new images from a generative learner, as a PNG grid),
+`metasearch report` (a run's self-contained HTML report) and
+`metasearch compare RUN1 RUN2 ...` (several runs' best learners side by side).
 
 Bad input (a flag, a file, a value) ends with one line on stderr naming the
 problem and exit status 2.
@@ -15,15 +17,16 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from metasearch import flags as ms_flags
-from metasearch.errors import UsageError
+from metasearch.errors import Interrupted, MetasearchError, UsageError
 
-COMMANDS = ("search", "export", "sample")
+COMMANDS = ("search", "export", "sample", "report", "compare")
 
 
-def fail(message: str) -> None:
+def fail(message: str, exit_code: int = UsageError.exit_code) -> None:
+    """One line on stderr and the exit status (see `metasearch.errors`: 2 bad input, ...)."""
     sys.stderr.write(f"metasearch: error: {message}\n")
     sys.stderr.flush()
-    sys.exit(UsageError.exit_code)
+    sys.exit(exit_code)
 
 
 HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
@@ -108,7 +111,7 @@ def _check_names() -> None:
 def main(argv: list[str]) -> None:
     positional = argv[1:]
     command = positional[0] if positional else "search"
-    if command not in COMMANDS or len(positional) > 1:
+    if command not in COMMANDS or (len(positional) > 1 and command != "compare"):
         fail(f"unknown command {' '.join(positional)!r}; known: {', '.join(COMMANDS)}")
     if command == "search":
         _check_names()
@@ -119,7 +122,7 @@ def main(argv: list[str]) -> None:
 
         if command == "search":
             config = ms_flags.resolve()
-            controller.search(config)
+            controller.search(config, out=sys.stdout)  # the current stdout (tests redirect it)
         elif command == "sample":
             from metasearch import sampling
 
@@ -135,16 +138,43 @@ def main(argv: list[str]) -> None:
                 parsed.data_dir,
             )
             print(f"Wrote samples of trial {parsed.trial} to {path}")
+        elif command == "report":
+            from metasearch import html_report
+
+            path = html_report.write_report(ms_flags.FLAGS.output_dir, ms_flags.FLAGS.html)
+            print(f"Wrote the report of {ms_flags.FLAGS.output_dir} to {path}")
+        elif command == "compare":
+            _compare(positional[1:], ms_flags.FLAGS.html)
         else:
             from metasearch import export
 
             parsed = ms_flags.FLAGS
             path = export.export_trial(
-                parsed.output_dir, parsed.trial, parsed.export_dir, what=parsed.what
+                parsed.output_dir,
+                parsed.trial,
+                parsed.export_dir,
+                what=parsed.what,
+                report=lambda line: print(f"note: {line}"),
             )
             print(f"Exported the {parsed.what} of trial {parsed.trial} to {path}")
-    except UsageError as error:
-        fail(str(error))
+    except (MetasearchError, Interrupted) as error:
+        fail(str(error), error.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted; nothing was half-written: rerun the same command", 130)
+
+
+def _compare(runs: list[str], html: str | None) -> None:
+    from metasearch import compare
+    from metasearch.rundir import write_atomic
+
+    views = compare.load_runs(runs)
+    print(compare.table(views), end="")
+    if html:
+        try:
+            write_atomic(html, compare.render(views))
+        except OSError as error:
+            raise UsageError(f"--html: cannot write {html} ({error.strerror or error})") from None
+        print(f"Wrote the comparison to {html}")
 
 
 def run() -> None:

@@ -133,6 +133,9 @@ def fixed_hyperparameters(
                 f"--fix_hparams: unknown hyperparameter {name!r}; known: {', '.join(sorted(known))}"
             )
         declared = known[name]
+        wrong_type = _type_mismatch(declared, value)
+        if wrong_type:
+            raise UsageError(f"--fix_hparams: {name}={value!r} is {wrong_type}")
         if isinstance(declared, keras_tuner.engine.hyperparameters.Choice):
             if value not in declared.values:
                 raise UsageError(
@@ -148,6 +151,33 @@ def fixed_hyperparameters(
                 )
         hp.Fixed(name, value)
     return hp
+
+
+def _type_mismatch(declared, value: Any) -> str | None:
+    """Why `value` has the wrong type for hyperparameter `declared` (None: it fits).
+
+    Integers must be given as integers (`3`, not `3.0`: a float depth fails
+    every trial), floats as numbers, booleans as `true`/`false`, strings as text.
+    """
+    hps = keras_tuner.engine.hyperparameters
+    if isinstance(declared, hps.Boolean):
+        wanted = {bool}
+    elif isinstance(declared, hps.Int):
+        wanted = {int}
+    elif isinstance(declared, hps.Float):
+        wanted = {float}
+    elif isinstance(declared, hps.Choice):
+        wanted = {type(v) for v in declared.values}
+    else:
+        return None
+    given = type(value)
+    if given in wanted or (given is int and wanted == {float}):
+        return None
+    names = {bool: "boolean", int: "integer", float: "number", str: "text"}
+    takes = " or ".join(sorted(names.get(t, t.__name__) for t in wanted))
+    what = names.get(given, given.__name__)
+    article = "" if given is str else ("an " if what[0] in "aeiou" else "a ")
+    return f"{article}{what}, but {declared.name} takes {takes} values"
 
 
 def with_inner_optimizer(

@@ -176,3 +176,53 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
         if old.get(key) != new.get(key):
             changed.append(f"--{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}")
     return "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
+
+
+# Flags a rerun into the same output directory may change (not part of the run's identity).
+_NOT_IDENTITY_FLAGS = (
+    "max_trials",
+    "output_dir",
+    "jit_compile",
+    "progress",
+    "noprogress",
+    "worker_timeout",
+)
+
+
+def _flagfile_settings(text: str, everything: bool = False) -> dict[str, str]:
+    settings = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("--"):
+            continue
+        name, _, value = line[2:].partition("=")
+        if everything or name not in _NOT_IDENTITY_FLAGS:
+            settings[name] = value
+    return settings
+
+
+def _always_written() -> set[str]:
+    """The flags every `flagfile_text` has (core settings that are never None)."""
+    names = set(_flagfile_settings(flagfile_text(RunConfig()), everything=True))
+    return {name for name in names if name in {f.name for f in dataclasses.fields(RunConfig)}}
+
+
+def flagfile_difference(stored: str, config: RunConfig) -> str | None:
+    """How flagfile `stored` (a run's `flags.txt`) differs from `config` in the run's identity.
+
+    None when they agree. Raises `ValueError` when `stored` looks cut short
+    (no final newline, or a setting every flagfile has is missing): then it
+    cannot say.
+    """
+    present = set(_flagfile_settings(stored, everything=True))
+    present |= {name[2:] for name in present if name.startswith("no")}  # --noprogress
+    if not stored.endswith("\n") or not _always_written() <= present:
+        raise ValueError("it looks cut short")
+    old, new = _flagfile_settings(stored), _flagfile_settings(flagfile_text(config))
+    differ = sorted(name for name in set(old) | set(new) if old.get(name) != new.get(name))
+    if not differ:
+        return None
+    shown = [
+        f"--{name}: {old.get(name, '(unset)')} -> {new.get(name, '(unset)')}" for name in differ
+    ]
+    return "; ".join(shown[:4]) + ("; ..." if len(shown) > 4 else "")

@@ -18,12 +18,20 @@ from typing import Any, TextIO
 
 import keras_tuner
 
-from metasearch import distributed, plots, report, strategies
+from metasearch import distributed, html_report, interrupts, plots, report, strategies
 from metasearch.config import RunConfig
+from metasearch.errors import Interrupted, SearchFailedError
 from metasearch.export import export_kinds
 from metasearch.job import Job, derived_seed
 from metasearch.progress import Progress
-from metasearch.rundir import PROGRESS_PICTURE, FinishedRun, best_trial
+from metasearch.rundir import (
+    FINISHED,
+    LEADERBOARD_FILE,
+    PROGRESS_PICTURE,
+    FinishedRun,
+    RunLock,
+    best_trial,
+)
 from metasearch.tuner import FewShotTuner
 
 
@@ -44,6 +52,7 @@ class SearchResult:
     export_dir: str | None = None
     cell_export_dir: str | None = None
     config: RunConfig | None = None
+    report_path: str | None = None  # the HTML report (`metasearch.html_report`)
 
     def __getitem__(self, key: str) -> Any:
         # Reads like the summary dict `search` returned before.
@@ -70,9 +79,26 @@ def search(config: RunConfig, out: TextIO = sys.stdout) -> SearchResult:
     flagfile that repeats the run (`flags.txt`), from Python as from the CLI.
     In a distributed search (see `metasearch.distributed`) the chief serves
     the oracle and exports at the end; workers only run trials.
+
+    A local search or the chief holds the run folder's lock (`RunLock`) from
+    the start to the end: a second search into it is refused naming the
+    holder. Raises `SearchFailedError` when the search did not do what was
+    asked (every trial failed, consecutive failures stopped it, or nothing
+    completed; the leaderboard and any export are written first),
+    `StorageError` when a write fails, and `Interrupted` on Ctrl-C/SIGTERM
+    (the running trial is handed back; rerunning resumes).
     """
     role = distributed.role()
     job = Job(config, role)
+    if role == "worker":  # workers coordinate through the chief, which holds the lock
+        return _search(job, role, out)
+    with RunLock(job.config.output_dir, "search") as lock:
+        for line in [*lock.notes, *job.run_dir.clean_debris(), *job.notes]:
+            out.write(f"note: {line}\n")
+        return _search(job, role, out)
+
+
+def _search(job: Job, role: str, out: TextIO) -> SearchResult:
     config = job.config
     if role != "worker":
         job.start()
@@ -83,14 +109,29 @@ def search(config: RunConfig, out: TextIO = sys.stdout) -> SearchResult:
     tuner = FewShotTuner(job, oracle, progress)
     done = 0
     if role != "worker":
-        done = sum(1 for t in tuner.oracle.trials.values() if t.status != "RUNNING")
+        done = sum(
+            1
+            for t in tuner.oracle.trials.values()
+            if t.status in FINISHED and t.trial_id not in oracle.set_aside
+        )
+        if oracle.rebuilt_state:
+            out.write(
+                f"note: {oracle.rebuilt_state}: rebuilt from the intact trial records "
+                "(the strategy's own state starts afresh)\n"
+            )
+        for trial_id, why in job.run_dir.damaged_trials().items():
+            out.write(f"note: trial {trial_id} {why}; the search goes on without it\n")
     progress.search_started(config, job.jit_compile, done=done, role=role)
     try:
-        tuner.search()
-    except RuntimeError as error:
-        if "consecutive failures" not in str(error):
-            raise
-        out.write(f"search stopped: {str(error).splitlines()[0]}\n")
+        with interrupts.watch():
+            tuner.search()
+    except KeyboardInterrupt:
+        results, _ = report.write_results(job.run_dir, config.to_json())
+        ended = sum(1 for r in results if r["status"] in FINISHED)
+        raise Interrupted(
+            f"stopped after {ended} trials; rerun the same command to resume",
+            interrupts.exit_code(),
+        ) from None
     results, board = report.write_results(job.run_dir, config.to_json())
     result = SearchResult(config.output_dir, results, board, best_trial(results), config=config)
     if role == "worker":
@@ -103,6 +144,7 @@ def search(config: RunConfig, out: TextIO = sys.stdout) -> SearchResult:
         )
     if oracle.stop_reason:
         out.write(f"search stopped early: {oracle.stop_reason}\n")
+    failure = search_failure(results, oracle)
     out.write("\n" + board)
     picture = job.run_dir.file(PROGRESS_PICTURE)
     scored_by = config.plugin if job.trains else f"table {config.table_column}"
@@ -121,15 +163,43 @@ def search(config: RunConfig, out: TextIO = sys.stdout) -> SearchResult:
     else:
         has_cells = bool(job.components.space.cell_graphs(best["architecture_config"]))
         paths = export_kinds(
-            config.output_dir, "best", ("learner", "cell") if has_cells else ("learner",)
+            config.output_dir,
+            "best",
+            ("learner", "cell") if has_cells else ("learner",),
+            report=lambda line: out.write(f"note: {line}\n"),
         )
         result.export_dir = paths["learner"]
         out.write(f"Best learner exported to {paths['learner']}\n")
         if has_cells:
             result.cell_export_dir = paths["cell"]
             out.write(f"Best cell exported to {paths['cell']}\n")
+    try:
+        result.report_path = html_report.write_report(config.output_dir)
+        out.write(f"Report written to {result.report_path}\n")
+    except Exception as error:  # noqa: BLE001 - the search's results stand without it
+        out.write(f"The HTML report was not written: {type(error).__name__}: {error}\n")
     out.flush()
+    if failure:
+        raise SearchFailedError(f"{failure}; see {job.run_dir.file(LEADERBOARD_FILE)}")
     return result
+
+
+def search_failure(results: list[dict[str, Any]], oracle) -> str | None:
+    """Why a finished search did not do what was asked (None: it did)."""
+    ended = [r for r in results if r["status"] in FINISHED]
+    failed = [r for r in ended if r["status"] != "COMPLETED"]
+    last = next((r["error"] for r in reversed(failed) if r.get("error")), "no message")
+    if oracle.stopped_by_failures:
+        return (
+            f"the search stopped after {oracle.max_consecutive_failed_trials} consecutive "
+            f"failed trials (last: {last})"
+        )
+    if best_trial(results) is not None:
+        return None
+    if ended and len(failed) == len(ended):
+        return f"all {len(ended)} trials failed (last: {last})"
+    why = oracle.stop_reason or ", ".join(f"{r['trial_id']}: {r['status']}" for r in results)
+    return f"the search ended with no completed trial ({why or 'no trial ran'})"
 
 
 def load_run(output_dir: str) -> FinishedRun:

@@ -83,8 +83,10 @@ class LivenessMixin:
         trial = super().create_trial(tuner_id)
         if trial.status == trial_module.TrialStatus.RUNNING:
             self._trial_seen[trial.trial_id] = now
-        elif trial.status == trial_module.TrialStatus.STOPPED and (
-            self.ongoing_trials or self.retry_queue
+        elif (
+            trial.status == trial_module.TrialStatus.STOPPED
+            and not self.stopped_by_failures  # then the search is over for every worker
+            and (self.ongoing_trials or self.retry_queue)
         ):
             # keras-tuner forgets a tuner it told to stop; keep it, it may be needed.
             self.tuner_ids.add(tuner_id)

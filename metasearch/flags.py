@@ -153,6 +153,14 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_bool("progress", _default("progress"), "Show a progress display while trials run.")
 
+flags.DEFINE_integer(
+    "cache_memory",
+    _default("cache_memory"),
+    "MiB of memory for decoded images (uint8 at --image_size); class sets beyond it are "
+    "decoded per episode instead, giving the same episodes more slowly.",
+    lower_bound=0,
+)
+
 # --- distributed search ---------------------------------------------------
 flags.DEFINE_integer(
     "worker_timeout",
@@ -181,6 +189,14 @@ flags.DEFINE_string(
 flags.DEFINE_integer("sample_classes", 5, "sample: meta-test classes, one row each.")
 flags.DEFINE_integer("sample_shots", 5, "sample: given images per class (K).")
 flags.DEFINE_integer("samples_per_class", 10, "sample: new images generated per class.")
+
+# --- report and compare subcommands ---------------------------------------
+flags.DEFINE_string(
+    "html",
+    None,
+    "report: where to write the HTML report (default RUN/report.html); compare: also write "
+    "the comparison as a self-contained HTML page here.",
+)
 
 # The core flags a search run reads (in this order in `flags.txt`); every one is a
 # `RunConfig` field of the same name. `--overwrite` is deliberately not repeated.

@@ -25,9 +25,14 @@ from metasearch.components import (
     fixed_hyperparameters,
     with_inner_optimizer,
 )
-from metasearch.config import RunConfig, describe_difference, flagfile_text
-from metasearch.errors import UsageError
-from metasearch.rundir import CONFIG_FILE, DATASET_FILE, FLAGS_FILE, RunDir
+from metasearch.config import (
+    RunConfig,
+    describe_difference,
+    flagfile_difference,
+    flagfile_text,
+)
+from metasearch.errors import DamagedFileError, UsageError
+from metasearch.rundir import CONFIG_FILE, DAMAGED, DATASET_FILE, FLAGS_FILE, RunDir
 from metasearch.tasks import TaskData, TaskKind, kind_of
 from metasearch.training import count_parameters, resolve_jit_compile
 
@@ -108,6 +113,8 @@ class Job:
 
     def __init__(self, config: RunConfig, role: str = "local"):
         self.role = role
+        # Lines for the user about what was found and repaired (e.g. a rebuilt config.json).
+        self.notes: list[str] = []
         self.trains = config.evaluator == "train"
         config = resolve_config(config)
         self.components = Components.from_config(config.to_json())
@@ -189,13 +196,12 @@ class Job:
         config = self.config
         if not self.run_dir.has_run() or config.overwrite:
             return
-        config_path = self.run_dir.file(CONFIG_FILE)
         try:
             previous = self.run_dir.read_config()["identity"]
-        except (OSError, ValueError, KeyError):
-            raise UsageError(
-                f"--output_dir: {config_path} is unreadable; use --overwrite to start over"
-            ) from None
+        except (DamagedFileError, KeyError) as error:
+            reason = error.reason if isinstance(error, DamagedFileError) else "no identity in it"
+            self._check_rebuildable_config(reason)
+            return
         current = json.loads(json.dumps(config.identity()))
         if previous != current:
             raise UsageError(
@@ -203,6 +209,62 @@ class Job:
                 f"({describe_difference(previous, current)}); rerun with its flags "
                 f"(--flagfile={self.run_dir.file(FLAGS_FILE)}), another --output_dir, or --overwrite"
             )
+
+    def _check_rebuildable_config(self, reason: str) -> None:
+        """`config.json` is damaged: accepts rebuilding it from this command, if nothing objects.
+
+        The run's `flags.txt`, when readable, must agree with this command on
+        the run's identity; otherwise (cut short or missing) every intact
+        trial record must agree with it (plugin, fixed hyperparameters).
+        Fails in one line naming the file and the command that recovers.
+        """
+        config_path = self.run_dir.file(CONFIG_FILE)
+        flags_path = self.run_dir.file(FLAGS_FILE)
+        recover = f"rerun with the run's own flags: metasearch --flagfile={flags_path}"
+        try:
+            with open(flags_path, encoding="utf-8") as handle:
+                difference = flagfile_difference(handle.read(), self.config)
+        except (OSError, ValueError) as error:
+            flags_state = "missing" if isinstance(error, FileNotFoundError) else "damaged too"
+            objection = self._trial_contradicting_config()
+            if objection:
+                raise UsageError(
+                    f"--output_dir: {config_path} is damaged ({reason}), {flags_path} is "
+                    f"{flags_state}, and {objection}: rerun with the flags the run was started "
+                    "with to rebuild them"
+                ) from None
+            self.notes.append(
+                f"{config_path} was damaged ({reason}); rebuilt from this command, which the "
+                "intact trial records agree with"
+            )
+            return
+        if difference is not None:
+            raise UsageError(
+                f"--output_dir: {config_path} is damaged ({reason}) and this command differs "
+                f"from the run's {flags_path} ({difference}); {recover}"
+            )
+        self.notes.append(
+            f"{config_path} was damaged ({reason}); rebuilt from this command, which matches "
+            f"{flags_path}"
+        )
+
+    def _trial_contradicting_config(self) -> str | None:
+        """Why an intact trial record cannot come from this configuration (None: none objects)."""
+        config = self.config
+        for record in self.run_dir.trial_results():
+            if record["status"] == DAMAGED:
+                continue
+            values = record.get("hyperparameters", {})
+            for name, value in config.fix_hparams.items():
+                if name in values and values[name] != value:
+                    return (
+                        f"trial {record['trial_id']} has {name}={values[name]!r}, where this "
+                        f"command fixes {value!r}"
+                    )
+            plugin = record.get("plugin")
+            if self.trains and plugin is not None and plugin != config.plugin:
+                return f"trial {record['trial_id']} trained --plugin={plugin}"
+        return None
 
     def episode_stream(
         self, split: str, seed: int, stream: int, count: int | None = None

@@ -692,3 +692,181 @@ def _save(figure: Figure, path: str) -> str:
             os.remove(temporary)
         raise
     return path
+
+
+# --------------------------------------------------------------------------- cost and curves
+
+
+def _goodness_axis(records: Sequence[dict[str, Any]]) -> tuple[str, str, float]:
+    """`(record key, axis label, scale)` of the score the records hold (accuracy or MSE)."""
+    if any(r.get("val_mse") is not None for r in records):
+        return "val_mse", "validation MSE (lower is better)", 1.0
+    return "val_accuracy", "validation accuracy (%)", 100.0
+
+
+def plot_pareto(
+    points: dict[str, list[tuple[dict[str, Any], float]]],
+    fronts: dict[str, list[str]],
+    labels: dict[str, str],
+    path: str,
+    title: str = "",
+) -> str:
+    """Score against each cost, one panel per cost, the Pareto front drawn as a staircase.
+
+    `points` maps a cost name to `(record, cost)` of the completed trials that
+    have it, `fronts` to the Pareto-optimal trial ids, `labels` to the axis
+    label. Front trials are red and labelled with their id. Written atomically.
+    """
+    costs = list(points)
+    figure = Figure(figsize=(10.0, 4.2), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    records = [record for cost in costs for record, _ in points[cost]]
+    key, ylabel, scale = _goodness_axis(records)
+    for index, cost in enumerate(costs, start=1):
+        axes = figure.add_subplot(1, len(costs), index)
+        axes.set_xlabel(labels.get(cost, cost))
+        axes.set_ylabel(ylabel)
+        axes.grid(True, alpha=0.3)
+        chosen = set(fronts.get(cost, ()))
+        data = [(value, scale * float(r[key]), r["trial_id"]) for r, value in points[cost]]
+        if not data:
+            axes.text(
+                0.5, 0.5, "no trial measured", transform=axes.transAxes, ha="center", color="#777"
+            )
+            continue
+        others = [(x, y) for x, y, t in data if t not in chosen]
+        if others:
+            axes.plot(*zip(*others), "o", color="#9fb7cf", markersize=5, label="trial")
+        best = sorted((x, y, t) for x, y, t in data if t in chosen)
+        if best:
+            xs, ys, ids = zip(*best)
+            axes.step(xs, ys, where="post", color="#d62728", linewidth=1.2, alpha=0.7)
+            axes.plot(xs, ys, "o", color="#d62728", markersize=6, label="Pareto-optimal")
+            for x, y, trial_id in best:
+                axes.annotate(
+                    trial_id, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+                )
+        if key == "val_mse":
+            axes.set_yscale("log")
+        if cost == "parameters":
+            axes.set_xscale("log")
+        axes.margins(0.12)  # room for the labels of the extreme trials
+        axes.legend(loc="best", fontsize=8)
+    figure.suptitle(title or "Score against cost")
+    return _save(figure, path)
+
+
+def plot_learning_curves(
+    curves: Sequence[dict[str, Any]], metric: str, path: str, title: str = ""
+) -> str:
+    """Every trial's training loss and task metric against episodes, in two panels.
+
+    `curves` are `{"label", "loss": [(episodes, value)], "metric": [...],
+    "highlight": bool}`; highlighted trials (the best) are drawn thick and
+    labelled, the rest thin. Written atomically.
+    """
+    figure = Figure(figsize=(10.0, 3.8), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    panels = (("loss", "training loss"), ("metric", f"training {metric}"))
+    for index, (key, label) in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, 2, index)
+        axes.set_xlabel("episodes")
+        axes.set_ylabel(label)
+        axes.grid(True, alpha=0.3)
+        drawn = 0
+        for number, curve in enumerate(curves):
+            points = curve.get(key) or []
+            if not points:
+                continue
+            xs, ys = zip(*points)
+            if key == "metric" and metric == "accuracy":
+                ys = [100 * y for y in ys]
+            if curve.get("highlight"):
+                axes.plot(xs, ys, color="#d62728", linewidth=2.0, label=curve["label"], zorder=3)
+            else:
+                color = _PALETTE[number % len(_PALETTE)]
+                axes.plot(xs, ys, color=color, linewidth=0.9, alpha=0.55)
+            drawn += 1
+        if not drawn:
+            axes.text(0.5, 0.5, "no curves yet", transform=axes.transAxes, ha="center")
+        elif any(c.get("highlight") for c in curves):
+            axes.legend(loc="best", fontsize=8)
+        if key == "metric" and metric == "accuracy":
+            axes.set_ylabel("training accuracy (%)")
+        if metric == "mse" and drawn:
+            axes.set_yscale("log")
+    figure.suptitle(title or "Learning curves")
+    return _save(figure, path)
+
+
+def plot_trial_curves(
+    curves: Sequence[dict[str, Any]], metric: str, path: str, columns: int = 4
+) -> str:
+    """One small panel per trial: its training metric, and its validation score at the end.
+
+    `curves` as for `plot_learning_curves`, plus `"title"` and `"score"`
+    (`(episodes, value, ci95)` or None). Written atomically.
+    """
+    count = max(1, len(curves))
+    columns = max(1, min(columns, count))
+    rows = math.ceil(count / columns)
+    figure = Figure(figsize=(10.0, 2.3 * rows + 0.3), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    scale = 100.0 if metric == "accuracy" else 1.0
+    for index, curve in enumerate(curves, start=1):
+        axes = figure.add_subplot(rows, columns, index)
+        axes.set_title(curve.get("title", curve["label"]), fontsize=9)
+        axes.tick_params(labelsize=7)
+        axes.grid(True, alpha=0.3)
+        points = curve.get("metric") or []
+        if points:
+            xs, ys = zip(*points)
+            axes.plot(xs, [scale * y for y in ys], color="#1f77b4", linewidth=1.2)
+        score = curve.get("score")
+        if score is not None:
+            x, y, ci = score
+            axes.errorbar(
+                [x], [scale * y], yerr=[scale * (ci or 0.0)], fmt="*", color="#d62728", ms=9
+            )
+        if not points and score is None:
+            axes.text(0.5, 0.5, "no curve", transform=axes.transAxes, ha="center", color="#777")
+        if metric == "mse" and (points or score):
+            axes.set_yscale("log")
+    figure.supxlabel("episodes (line: training, star: validation with 95% CI)", fontsize=9)
+    figure.supylabel("accuracy (%)" if metric == "accuracy" else "MSE", fontsize=9)
+    return _save(figure, path)
+
+
+def plot_run_comparison(runs: Sequence[dict[str, Any]], path: str, title: str = "") -> str:
+    """Best score so far against trial number, one line per run (`{"label", "records"}`)."""
+    records = [r for run in runs for r in run["records"]]
+    key, ylabel, scale = _goodness_axis(records)
+    figure, axes = _progress_figure(max((len(run["records"]) for run in runs), default=1), "", "")
+    axes.set_title(title or "Best score so far")
+    axes.set_ylabel(ylabel.replace("validation", "best validation"))
+    lower_is_better = key == "val_mse"
+    for number, run in enumerate(runs):
+        xs, ys, best = [], [], None
+        for index, record in enumerate(_trial_order(run["records"]), start=1):
+            value = record.get(key)
+            if record.get("status") == "COMPLETED" and isinstance(value, (int, float)):
+                value = scale * float(value)
+                if best is None or (value < best if lower_is_better else value > best):
+                    best = value
+            if best is not None:
+                xs.append(index)
+                ys.append(best)
+        if xs:
+            axes.step(
+                xs,
+                ys,
+                where="post",
+                color=_PALETTE[number % len(_PALETTE)],
+                linewidth=1.6,
+                label=run["label"],
+            )
+    if lower_is_better:
+        axes.set_yscale("log")
+    if any(run["records"] for run in runs):
+        axes.legend(loc="best", fontsize=8)
+    return _save(figure, path)

@@ -3,6 +3,8 @@
 `write_results` merges keras-tuner's trial files with metasearch's records
 (through the run folder) and rewrites `results.json` and `leaderboard.txt`;
 the leaderboard's wording and score format come from the run's task kind.
+The leaderboard marks the Pareto-optimal trials (`metasearch.pareto`): L for
+score against latency, P for score against parameters.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 import platform
 from typing import Any
 
+from metasearch import pareto
 from metasearch.flops import format_flops
 from metasearch.rundir import LEADERBOARD_FILE, RESULTS_FILE, RunDir, best_trial, trial_score
 from metasearch.tasks import CLASSIFICATION, kind_of, kind_of_record
@@ -43,9 +46,13 @@ def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
             r["trial_id"],
         ),
     )
+    marks = pareto.marks(results)
+    tested = any(meta_test_score(r, kind) for r in results)
+    test_column = f"  {kind.column.replace('val', 'test'):>16}" if tested else ""
     header = (
-        f"{'rank':>4}  {'trial':>5}  {'status':<9}  {kind.column:>16}  {'params':>9}  "
-        f"{'FLOPs':>7}  {'time':>7}  architecture / learner"
+        f"{'rank':>4}  {'trial':>5}  {'status':<9}  {kind.column:>16}{test_column}  "
+        f"{'params':>9}  {'FLOPs':>7}  {'latency':>8}  {'time':>7}  {'pareto':<6}  "
+        "architecture / learner"
     )
     lines = [title, header, "-" * len(header)]
     for rank, r in enumerate(ordered, start=1):
@@ -56,6 +63,8 @@ def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
         params = f"{r['parameters']:,}" if r.get("parameters") is not None else "-"
         flops = format_flops(r["flops"]) if r.get("flops") else "-"
         wall = f"{r['wall_seconds']:.0f}s" if "wall_seconds" in r else "-"
+        latency = f"{r['latency_ms']:.1f}ms" if r.get("latency_ms") is not None else "-"
+        test = f"  {meta_test_score(r, kind) or '-':>16}" if tested else ""
         learner = ", ".join(f"{k}={v}" for k, v in sorted(r.get("plugin_config", {}).items()))
         lr = r.get("hyperparameters", {}).get("train/learning_rate")
         learner += f", lr={lr:.1e}" if isinstance(lr, float) else ""
@@ -63,10 +72,23 @@ def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
         if r["status"] != "COMPLETED" and r.get("error"):
             what += f"  [{r['error'][:80]}]"
         lines.append(
-            f"{rank:>4}  {r['trial_id']:>5}  {r['status']:<9}  {score:>16}  {params:>9}  "
-            f"{flops:>7}  {wall:>7}  {what}"
+            f"{rank:>4}  {r['trial_id']:>5}  {r['status']:<9}  {score:>16}{test}  {params:>9}  "
+            f"{flops:>7}  {latency:>8}  {wall:>7}  {marks.get(r['trial_id'], ''):<6}  {what}"
+        )
+    if marks:
+        lines.append(
+            "pareto: L = no trial is better and faster (latency: adapting to and predicting "
+            "one 5-way 1-shot task), P = no trial is better and smaller"
         )
     return "\n".join(lines) + "\n"
+
+
+def meta_test_score(record: dict[str, Any], kind) -> str | None:
+    """The trial's meta-test score with its 95% interval, when its record has one."""
+    value = record.get(kind.objective.replace("val_", "test_"))
+    if record.get("status") != "COMPLETED" or not isinstance(value, (int, float)):
+        return None
+    return kind.format_score(value, record.get("test_ci95"))
 
 
 def write_results(run_dir: RunDir, config: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:

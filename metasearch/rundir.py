@@ -2,9 +2,17 @@
 
 Everything metasearch writes into an output directory goes through `RunDir`
 (or `write_atomic` for files outside it), through a temporary file beside the
-target and a rename, so a crash never leaves half a file.
+target and a rename, so a crash never leaves half a file; a write that fails
+(disk full, I/O error) removes its temporary file and raises `StorageError`
+naming the path and the free space. One process writes a run folder at a
+time: a local search, the chief of a distributed one, or an export into the
+run holds `RunLock` (`.metasearch.lock`, the one file written in place: the
+lock lives on its inode), and first clears the debris of killed writes
+(`RunDir.clean_debris`). Damaged files are named (`DamagedFileError`) and a
+damaged trial is set aside (status `DAMAGED` in `trial_results`), never deleted.
 
 Layout:
+    .metasearch.lock  the writer's lock (its host, pid and since when while held)
     config.json       the resolved configuration (checked when resuming)
     flags.txt         a flagfile that repeats the run
     dataset.json      channels, normalisation and class-set sizes
@@ -14,15 +22,24 @@ Layout:
                       95% CI, parameters, wall time, status
     leaderboard.txt   the printed leaderboard
     search_progress.png
-    export/           best_learner/, best_cell/ (SavedModels)
+    report.html       the self-contained HTML report (`metasearch.html_report`)
+    tensorboard/      per trial `trial_ID/`: TensorBoard event files (curves,
+                      HParams record), written by tf.summary (`metasearch.summaries`)
+    export/           best_learner/, best_cell/ (SavedModels, each with a
+                      `metasearch.sha256` manifest of its files)
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
+import fcntl
 import io
 import json
 import os
 import shutil
+import socket
 import tempfile
 from typing import Any
 
@@ -30,7 +47,7 @@ import keras
 import numpy as np
 
 from metasearch.components import Components
-from metasearch.errors import UsageError
+from metasearch.errors import DamagedFileError, RunLockedError, StorageError, UsageError
 from metasearch.tasks import OBJECTIVES, kind_of_record
 
 PROJECT_NAME = "keras_tuner"
@@ -41,6 +58,8 @@ RESULTS_FILE = "results.json"
 LEADERBOARD_FILE = "leaderboard.txt"
 PROGRESS_PICTURE = "search_progress.png"
 EXPORT_DIR = "export"
+REPORT_FILE = "report.html"
+TENSORBOARD_DIR = "tensorboard"
 TRIAL_RECORD = "metasearch_trial.json"
 WEIGHTS_FILE = "learner.weights.npz"
 # Everything metasearch writes into an output directory (and --overwrite removes).
@@ -53,8 +72,14 @@ OWNED_ENTRIES = (
     LEADERBOARD_FILE,
     PROGRESS_PICTURE,
     EXPORT_DIR,
+    REPORT_FILE,
+    TENSORBOARD_DIR,
 )
 FINISHED = ("COMPLETED", "FAILED", "INVALID")
+# The status of a trial set aside because a file of it cannot be read back.
+DAMAGED = "DAMAGED"
+# An export folder renamed aside while its replacement moves in (see export.replace_directory).
+OLD_EXPORT_MARK = ".old-"
 
 
 def _json_default(value):
@@ -68,26 +93,95 @@ def json_text(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=_json_default) + "\n"
 
 
-def write_atomic(path: str, data: str | bytes) -> str:
-    """Writes `data` to `path` through a flushed temporary file and a rename; returns `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+# The prefix of the temporary files and folders of writes in progress (debris once killed).
+TEMPORARY_MARK = ".tmp-"
+# Files get the permissions `open` would give them (mkstemp's are owner-only).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def free_space(path: str) -> str:
+    """The free space of the file system holding `path` (or its nearest existing parent), in words."""
+    folder = os.path.abspath(path)
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
     try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if free < 1024 or unit == "GiB":
+            return f"{free:.0f} {unit} free" if unit == "bytes" else f"{free:.1f} {unit} free"
+        free /= 1024
+    return ""  # pragma: no cover
+
+
+def storage_error(path: str, error: OSError) -> StorageError:
+    """The one-line `StorageError` of a failed write to `path`: the reason and the free space."""
+    reason = error.strerror or str(error) or type(error).__name__
+    return StorageError(
+        f"cannot write {path}: {reason} ({free_space(path)} on its file system); nothing was "
+        "half-written: free space (or fix the device) and rerun the same command to resume",
+        error.errno,
+    )
+
+
+def _write_bytes(stream, data: bytes) -> None:
+    # The one place bytes reach a file of the run (tests patch it to fake a full disk).
+    stream.write(data)
+    stream.flush()
+    os.fsync(stream.fileno())
+
+
+def write_atomic(path: str, data: str | bytes) -> str:
+    """Writes `data` to `path` through a flushed temporary file and a rename; returns `path`.
+
+    A failed write (ENOSPC, EIO, ...) removes its temporary file, leaves any
+    old `path` as it was and raises `StorageError` naming `path` and the free space.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    temporary = None
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}{TEMPORARY_MARK}", dir=directory
+        )
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data.encode("utf-8") if isinstance(data, str) else data)
-            stream.flush()
-            os.fsync(stream.fileno())
+            os.fchmod(stream.fileno(), 0o666 & ~_UMASK)
+            _write_bytes(stream, data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    except BaseException as error:
+        if temporary is not None and os.path.exists(temporary):
+            with contextlib.suppress(OSError):
+                os.remove(temporary)  # first, so the free space said is what is left
+        if isinstance(error, OSError) and not isinstance(error, StorageError):
+            raise storage_error(path, error) from None
+        raise
     return path
 
 
 def read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def damage(error: BaseException) -> str:
+    """Why a file could not be read back, in one short line."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}"[:160] if text else type(error).__name__
+
+
+def read_json_file(path: str, advice: str = "") -> Any:
+    """`read_json`, a file that cannot be parsed raising `DamagedFileError` naming it.
+
+    A missing file raises `FileNotFoundError` as usual.
+    """
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as error:
+        raise DamagedFileError(path, damage(error), advice) from None
 
 
 # --------------------------------------------------------------------------- weights
@@ -119,7 +213,17 @@ def load_weights(variables, path: str) -> None:
     A name Keras gives twice is matched by its order among those of that
     name. Fails naming the file when a variable is missing from it, is extra
     in it, or has another shape: a learner built differently from the one saved.
+    A file that cannot be read (truncated, corrupt) raises `DamagedFileError`.
     """
+    try:
+        _assign_weights(variables, path)
+    except (UsageError, FileNotFoundError):
+        raise
+    except Exception as error:  # noqa: BLE001 - numpy and zipfile raise many kinds
+        raise DamagedFileError(path, damage(error)) from None
+
+
+def _assign_weights(variables, path: str) -> None:
     with np.load(path) as stored:
         stored_keys = _weight_keys([str(name) for name in stored["__names__"]])
         by_key = {key: f"w{index:04d}" for index, key in enumerate(stored_keys)}
@@ -165,6 +269,11 @@ class RunDir:
     def weights_path(self, trial_id: str) -> str:
         return os.path.join(self.trial_dir(trial_id), WEIGHTS_FILE)
 
+    def tensorboard_dir(self, trial_id: str | None = None) -> str:
+        """TensorBoard's log folder of the run, or of one trial in it."""
+        folder = self.file(TENSORBOARD_DIR)
+        return folder if trial_id is None else os.path.join(folder, f"trial_{trial_id}")
+
     def export_path(self, name: str) -> str:
         return os.path.join(self.path, EXPORT_DIR, name)
 
@@ -180,12 +289,26 @@ class RunDir:
     def has_run(self) -> bool:
         return os.path.exists(self.file(CONFIG_FILE))
 
+    def rebuild_advice(self) -> str:
+        """The command that rewrites the run's description (config, flags, data set)."""
+        return f"rerun the search to rebuild it: metasearch --flagfile={self.file(FLAGS_FILE)}"
+
     def read_config(self) -> dict[str, Any]:
-        """`config.json`: `{"identity": ..., "config": ...}`."""
-        return read_json(self.file(CONFIG_FILE))
+        """`config.json`: `{"identity": ..., "config": ...}` (`DamagedFileError` if unreadable)."""
+        config = read_json_file(self.file(CONFIG_FILE), self.rebuild_advice())
+        if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+            raise DamagedFileError(
+                self.file(CONFIG_FILE), "no configuration in it", self.rebuild_advice()
+            )
+        return config
 
     def read_data(self) -> dict[str, Any]:
-        return read_json(self.file(DATASET_FILE))
+        data = read_json_file(self.file(DATASET_FILE), self.rebuild_advice())
+        if not isinstance(data, dict):
+            raise DamagedFileError(
+                self.file(DATASET_FILE), "not a JSON object", self.rebuild_advice()
+            )
+        return data
 
     def clear(self) -> None:
         """Removes everything a run wrote here (`--overwrite`), nothing else."""
@@ -211,7 +334,12 @@ class RunDir:
             ) from None
 
     def trial_results(self) -> list[dict[str, Any]]:
-        """Every trial of the run: keras-tuner's status merged with our record."""
+        """Every trial of the run: keras-tuner's status merged with our record.
+
+        A trial whose `trial.json` or record cannot be read back (or whose
+        completed record lacks what rebuilding it needs) is set aside: status
+        `DAMAGED`, `error` saying which file and why; its files stay as they are.
+        """
         project = self.project_dir
         results: list[dict[str, Any]] = []
         if not os.path.isdir(project):
@@ -220,9 +348,19 @@ class RunDir:
             trial_file = os.path.join(project, entry, "trial.json")
             if not entry.startswith("trial_") or not os.path.exists(trial_file):
                 continue
-            trial = read_json(trial_file)
             record_path = os.path.join(project, entry, TRIAL_RECORD)
-            record = read_json(record_path) if os.path.exists(record_path) else {}
+            try:
+                trial, record = _read_trial(trial_file, record_path)
+            except DamagedFileError as error:
+                results.append(
+                    {
+                        "trial_id": entry[len("trial_") :],
+                        "status": DAMAGED,
+                        "hyperparameters": {},
+                        "error": f"set aside: {error}",
+                    }
+                )
+                continue
             status = trial.get("status", "UNKNOWN")
             merged = {
                 "trial_id": trial["trial_id"],
@@ -238,6 +376,217 @@ class RunDir:
                     merged["error"] = trial["message"].strip().splitlines()[-1]
             results.append(merged)
         return results
+
+    def damaged_trials(self) -> dict[str, str]:
+        """The trials set aside as damaged: trial id -> which file and why."""
+        return {r["trial_id"]: r["error"] for r in self.trial_results() if r["status"] == DAMAGED}
+
+    def clean_debris(self) -> list[str]:
+        """Removes what killed writes left (temporary files and export folders); says what.
+
+        Only the lock holder calls this (a temporary file of a running writer
+        would be debris to anyone else). An export replaced midway (its old
+        folder renamed aside, the new one not yet in place) is put back.
+        """
+        notes = []
+        if not os.path.isdir(self.path):
+            return notes
+        for folder, subfolders, files in os.walk(self.path):
+            if os.path.relpath(folder, self.path).split(os.sep)[0] == TENSORBOARD_DIR:
+                continue  # TensorFlow's own event files
+            for name in files:
+                if name.startswith(".") and (
+                    TEMPORARY_MARK in name or name.startswith(".write-test-")
+                ):
+                    with contextlib.suppress(OSError):
+                        os.remove(os.path.join(folder, name))
+                        notes.append(os.path.join(folder, name))
+            for name in list(subfolders):
+                path = os.path.join(folder, name)
+                if name.startswith(".") and TEMPORARY_MARK in name:
+                    shutil.rmtree(path, ignore_errors=True)
+                    notes.append(path)
+                    subfolders.remove(name)
+                elif OLD_EXPORT_MARK in name and folder == self.file(EXPORT_DIR):
+                    target = os.path.join(folder, name.split(OLD_EXPORT_MARK)[0])
+                    if os.path.exists(target):
+                        shutil.rmtree(path, ignore_errors=True)
+                        notes.append(path)
+                    else:
+                        os.rename(path, target)  # the replaced export comes back
+                        notes.append(f"{path} (restored as {target})")
+                    subfolders.remove(name)
+        if not notes:
+            return []
+        return [
+            f"cleared what killed writes left in {self.path}: "
+            + ", ".join(os.path.relpath(n, self.path) for n in notes[:5])
+            + (f" and {len(notes) - 5} more" if len(notes) > 5 else "")
+        ]
+
+
+def _read_trial(trial_file: str, record_path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trial's `trial.json` and our record, checked; `DamagedFileError` names a bad one."""
+    trial = read_json_file(trial_file)
+    if not (
+        isinstance(trial, dict)
+        and isinstance(trial.get("trial_id"), str)
+        and isinstance(trial.get("status"), str)
+        and isinstance(trial.get("hyperparameters", {}).get("values", {}), dict)
+    ):
+        raise DamagedFileError(trial_file, "not a keras-tuner trial")
+    record: dict[str, Any] = {}
+    if os.path.exists(record_path):
+        record = read_json_file(record_path)
+        if not isinstance(record, dict):
+            raise DamagedFileError(record_path, "not a JSON object")
+    if trial["status"] == "COMPLETED":
+        if not record:
+            raise DamagedFileError(record_path, "missing, though the trial completed")
+        for key in ("architecture_config", "plugin_config"):
+            if not isinstance(record.get(key), dict):
+                raise DamagedFileError(record_path, f"no {key} in it")
+    return trial, record
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+class RunLock:
+    """The exclusive lock of a run folder: one writer at a time (`with RunLock(path, what):`).
+
+    A local search, the chief of a distributed search and an export into the
+    run folder hold it; workers write only their trials' files and coordinate
+    through the chief. The lock is `flock` on `.metasearch.lock`, which the
+    kernel releases when the holder dies, however it dies; the file names the
+    holder (host, pid, what, since when) for the refusal message. A lock whose
+    holder died without releasing it is taken over, and `notes` says so.
+    Nested use in one process (a search exporting at its end) is allowed.
+    """
+
+    FILE = ".metasearch.lock"
+    _held: dict[str, list] = {}  # real path -> [file descriptor, depth], this process
+
+    def __init__(self, path: str, what: str = "search"):
+        self.path = path
+        self.what = what
+        self.notes: list[str] = []
+        self.acquired = False  # True once taken here (False: nested in a holder in this process)
+        self._key = os.path.realpath(os.path.join(path, self.FILE))
+
+    def __enter__(self) -> RunLock:
+        held = RunLock._held.get(self._key)
+        if held is not None:
+            held[1] += 1
+            return self
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            handle = os.open(self._key, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise UsageError(
+                f"--output_dir: cannot write to {self.path} ({error.strerror or error})"
+            ) from None
+        try:
+            self._acquire(handle)
+        except BaseException:
+            os.close(handle)
+            raise
+        RunLock._held[self._key] = [handle, 1]
+        self.acquired = True
+        return self
+
+    def _acquire(self, handle: int) -> None:
+        previous = _read_holder(handle)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked_by_kernel = True
+        except BlockingIOError:
+            raise RunLockedError(self._refusal(previous)) from None
+        except OSError as error:  # a file system without flock (some network mounts)
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            locked_by_kernel = False
+            if previous and _alive_here(previous):
+                raise RunLockedError(self._refusal(previous)) from None
+        previous = _read_holder(handle) if locked_by_kernel else previous
+        if previous:
+            self.notes.append(
+                f"took over the lock of {self.path}: its holder ({_describe(previous)}) "
+                "is no longer running"
+            )
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "what": self.what,
+            "since": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        try:
+            os.ftruncate(handle, 0)
+            os.pwrite(handle, json.dumps(holder).encode() + b"\n", 0)
+            os.fsync(handle)
+        except OSError as error:
+            raise storage_error(self._key, error) from None
+
+    def _refusal(self, holder: dict[str, Any] | None) -> str:
+        who = _describe(holder) if holder else "another process"
+        return (
+            f"--output_dir: {self.path} is in use by {who}; one search writes a run folder at "
+            "a time: wait for it to end (or stop it), or use another --output_dir"
+        )
+
+    def __exit__(self, *exc_info) -> None:
+        held = RunLock._held.get(self._key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] > 0:
+            return
+        del RunLock._held[self._key]
+        handle = held[0]
+        try:
+            os.ftruncate(handle, 0)  # empty: released, not abandoned
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            os.close(handle)
+
+
+def _read_holder(handle: int) -> dict[str, Any] | None:
+    try:
+        text = os.pread(handle, 4096, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    if not text:
+        return None
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {"unreadable": text[:60]}
+    return holder if isinstance(holder, dict) else {"unreadable": text[:60]}
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    if "pid" not in holder:
+        return "an unknown process"
+    return (
+        f"metasearch {holder.get('what', 'search')} pid {holder.get('pid')} on host "
+        f"{holder.get('host', '?')}, since {holder.get('since', '?')}"
+    )
+
+
+def _alive_here(holder: dict[str, Any]) -> bool:
+    """Whether the holder is a live process of this host (other hosts: assumed alive)."""
+    if holder.get("host") != socket.gethostname():
+        return "pid" in holder
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except (KeyError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------- results
@@ -268,6 +617,8 @@ def choose_trial(output_dir: str, trial_id: str, results: list[dict[str, Any]]) 
     if not matches:
         known = ", ".join(r["trial_id"] for r in results) or "none"
         raise UsageError(f"--trial={trial_id}: no such trial in {output_dir} (trials: {known})")
+    if matches[0]["status"] == DAMAGED:
+        raise UsageError(f"--trial={trial_id}: {matches[0]['error']}")
     if matches[0]["status"] != "COMPLETED":
         raise UsageError(f"--trial={trial_id}: the trial is {matches[0]['status']}, not COMPLETED")
     return matches[0]
@@ -321,9 +672,7 @@ class FinishedRun:
         """The learner of trial record `chosen` with its trained weights, and its task."""
         weights_path = self.dir.weights_path(chosen["trial_id"])
         if not os.path.exists(weights_path):
-            raise UsageError(
-                f"--trial={chosen['trial_id']}: its weights are missing ({weights_path})"
-            )
+            raise DamagedFileError(weights_path, "the file is missing")
         task = self.kind.task_spec(self.config, self.data)
         sampled = {
             "architecture": chosen["architecture_config"],
@@ -334,3 +683,33 @@ class FinishedRun:
         learner = self.components.build_learner(sampled, task, self.data["normalization"])
         load_weights(learner.weights, weights_path)
         return learner, task
+
+    def rebuild_trial(self, trial_id: str, report=None):
+        """`(record, learner, task)` of trial `trial_id` rebuilt with its weights.
+
+        For `"best"`, a trial whose weights cannot be read back is set aside
+        (`report(line)` says which and why) and the next best is taken; an
+        explicitly named trial with damaged weights raises `DamagedFileError`.
+        """
+        if trial_id != "best":
+            chosen = self.trial(trial_id)
+            return (chosen, *self.rebuild(chosen))
+        results = self.results()
+        set_aside = []
+        while True:
+            chosen = best_trial(results)
+            if chosen is None:
+                if set_aside:
+                    raise UsageError(
+                        f"--trial=best: no completed trial of {self.output_dir} can be rebuilt "
+                        f"(set aside: {'; '.join(set_aside)})"
+                    )
+                return (self.trial("best"), None, None)  # raises: none completed
+            try:
+                return (chosen, *self.rebuild(chosen))
+            except DamagedFileError as error:
+                line = f"trial {chosen['trial_id']} set aside: {error}"
+                set_aside.append(line)
+                if report is not None:
+                    report(line + "; taking the next best trial")
+                results = [r for r in results if r["trial_id"] != chosen["trial_id"]]

@@ -114,9 +114,7 @@ def sample_run(
     dataset = run.components.dataset(run.dataset_options(data_dir))
     test = dataset.load().test
     if shots > max(test.counts):
-        raise UsageError(
-            f"--sample_shots: {shots} exceeds the {max(test.counts)} images per class"
-        )
+        raise UsageError(f"--sample_shots: {shots} exceeds the {max(test.counts)} images per class")
     # Classes with fewer than `shots` images are left out; only the picked ones are decoded.
     images = EpisodeImages(
         test, run.config["image_size"], int(dataset.channels), shots, cache_bytes=0

@@ -31,7 +31,8 @@ sine task, `tiny_task(kind="regression")`) and raise `ConformanceError`
   `jit_compile=True` and adapt as graph mode does.
 * `check_export_round_trip`: the SavedModel reloads, in a fresh Python process
   that imports only TensorFlow, and gives the in-process logits (or
-  regression predictions) and embeddings (max abs diff <= 1e-4).
+  regression predictions) and embeddings (max abs diff <= 1e-4), and its main
+  signature refuses a NaN query with an `InvalidArgumentError` naming it.
 * `check_genotype_round_trip`: a space's genotypes survive JSON and map back
   to the same configs.
 """
@@ -347,6 +348,12 @@ def check_export_round_trip(
             loaded = tf.saved_model.load(path)
             outputs = loaded.signatures[signature](**inputs)[names[3]].numpy()
             embeddings = loaded.embed(episode.query_images)["embeddings"].numpy()
+            try:
+                loaded.signatures[signature](**{**inputs, names[2]: inputs[names[2]] * np.nan})
+                refused = ""
+            except tf.errors.InvalidArgumentError as error:
+                refused = str(error)
+            check_refuses_bad_input(f"{names[2]}: {refused}", "in process")
     where = "in a fresh TensorFlow-only process" if fresh_process else "in process"
     diff = _max_difference(outputs, expected)
     if not diff <= TOLERANCE:
@@ -374,9 +381,27 @@ result = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.it
 query = inputs["query_x" if "query_x" in inputs else "query_images"]
 embeddings = loaded.embed(tf.constant(query))["embeddings"]
 np.savez(data + ".out.npz", outputs=result[output].numpy(), embeddings=embeddings.numpy())
+# The signature checks its inputs: a NaN query must be refused, naming the input.
+name = "query_x" if "query_x" in inputs else "query_images"
+bad = {k: tf.constant(v * np.nan if k == name else v) for k, v in inputs.items()}
+try:
+    loaded.signatures[signature](**bad)
+    refused = ""
+except tf.errors.InvalidArgumentError as error:
+    refused = str(error)
 imported = sorted(m for m in ("metasearch", "keras_tuner") if m in sys.modules)
-print(json.dumps({"imported": imported}))
+print(json.dumps({"imported": imported, "refused": f"{name}: {refused}"[:3000]}))
 """
+
+
+def check_refuses_bad_input(refused: str, where: str) -> None:
+    """`refused` (`NAME: error message`) must name the bad input; else ConformanceError."""
+    name, _, message = refused.partition(": ")
+    if name not in message or "non-finite" not in message:
+        raise ConformanceError(
+            f"the SavedModel's main signature, reloaded {where}, did not refuse a NaN {name} "
+            f"with an InvalidArgumentError naming it (got: {message[:300] or 'no error'})"
+        )
 
 
 def run_in_fresh_process(
@@ -399,9 +424,10 @@ def run_in_fresh_process(
             f"reloading the SavedModel in a fresh process failed (exit status "
             f"{result.returncode}):\n{result.stderr[-3000:]}"
         )
-    imported = json.loads(result.stdout.strip().splitlines()[-1])["imported"]
-    if imported:
-        raise ConformanceError(f"loading the SavedModel imported {', '.join(imported)}")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    if report["imported"]:
+        raise ConformanceError(f"loading the SavedModel imported {', '.join(report['imported'])}")
+    check_refuses_bad_input(report["refused"], "in a fresh TensorFlow-only process")
     with np.load(data + ".out.npz") as stored:
         return stored["outputs"], stored["embeddings"]
 

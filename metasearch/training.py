@@ -11,6 +11,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -25,6 +26,21 @@ JIT_CHOICES = ("auto", "true", "false")
 
 class DivergedError(RuntimeError):
     """The meta-training loss became NaN or infinite."""
+
+
+class Chunk(NamedTuple):
+    """What a run of training steps read back: the `on_chunk` callback's argument.
+
+    `step` is the last step done, `episodes` the episodes trained so far
+    (steps times the meta-batch size); `loss` and `metric` are the means over
+    the chunk's steps, `episodes_per_second` its speed (wall clock).
+    """
+
+    step: int
+    episodes: int
+    loss: float
+    metric: float
+    episodes_per_second: float
 
 
 def has_gpu() -> bool:
@@ -155,19 +171,21 @@ class MetaTrainer:
         steps: int,
         on_progress: Callable[[int, float, float], None] | None = None,
         check_every: int = 20,
+        on_chunk: Callable[[Chunk], None] | None = None,
     ) -> dict[str, float]:
         """Runs `steps` meta-training steps; raises `DivergedError` on a non-finite loss.
 
         `episodes` is a dataset (read from its start) or an iterator (read on
         from where it is); each step reads `meta_batch_size` episodes.
-        `on_progress(step, loss, metric)` is called every `check_every` steps.
-        Returns the mean loss and task metric over the last tenth of training
-        and the seconds spent.
+        `on_progress(step, loss, metric)` is called every `check_every` steps,
+        and `on_chunk(Chunk)` with the chunk's means and speed (e.g. to write
+        learning curves), outside the compiled steps. Returns the mean loss
+        and task metric over the last tenth of training and the seconds spent.
         """
         if isinstance(episodes, tf.data.Dataset):
             episodes = episodes.take(steps * self.meta_batch_size)
         iterator = iter(episodes)
-        log = _TrainingLog(on_progress, check_every, self.metric)
+        log = _TrainingLog(on_progress, check_every, self.metric, on_chunk, self.meta_batch_size)
         self._run_steps(iterator, steps, log)
         return log.summary()
 
@@ -177,6 +195,7 @@ class MetaTrainer:
         seconds: float,
         chunk: int = 50,
         on_progress: Callable[[int, float, float], None] | None = None,
+        on_chunk: Callable[[Chunk], None] | None = None,
     ) -> dict[str, float]:
         """Meta-trains until `seconds` of wall-clock time are spent.
 
@@ -186,7 +205,7 @@ class MetaTrainer:
         if not self.decays_over_time:
             raise ValueError("train_for needs a MetaTrainer made with total_steps=None")
         iterator = iter(episodes)
-        log = _TrainingLog(on_progress, chunk, self.metric)
+        log = _TrainingLog(on_progress, chunk, self.metric, on_chunk, self.meta_batch_size)
         floor = self.final_learning_rate_fraction
         while (elapsed := time.perf_counter() - log.start) < seconds:
             cosine = 0.5 * (1.0 + math.cos(math.pi * elapsed / seconds))
@@ -225,14 +244,19 @@ class _TrainingLog:
         on_progress: Callable[[int, float, float], None] | None,
         check_every: int,
         metric: str = "accuracy",
+        on_chunk: Callable[[Chunk], None] | None = None,
+        meta_batch_size: int = 1,
     ):
         self.on_progress = on_progress
+        self.on_chunk = on_chunk
+        self.meta_batch_size = meta_batch_size
         self.check_every = check_every
         self.metric = metric
         self.losses: list[float] = []
         self.accuracies: list[float] = []
         self.step = 0
         self.start = time.perf_counter()
+        self._chunk_start = self.start
 
     def record(self, pending: list[tuple[tf.Tensor, tf.Tensor]]) -> None:
         for loss, accuracy in pending:
@@ -244,9 +268,24 @@ class _TrainingLog:
                 )
             self.losses.append(loss_value)
             self.accuracies.append(float(accuracy))
+        now = time.perf_counter()
         if self.on_progress is not None:
             recent = self.accuracies[-self.check_every :]
             self.on_progress(self.step, self.losses[-1], float(np.mean(recent)))
+        if self.on_chunk is not None and pending:
+            count = len(pending)
+            seconds = max(now - self._chunk_start, 1e-9)
+            self.on_chunk(
+                Chunk(
+                    step=self.step,
+                    episodes=self.step * self.meta_batch_size,
+                    loss=float(np.mean(self.losses[-count:])),
+                    metric=float(np.mean(self.accuracies[-count:])),
+                    episodes_per_second=count * self.meta_batch_size / seconds,
+                )
+            )
+        # The next chunk's time starts after the callbacks (they are not training).
+        self._chunk_start = time.perf_counter()
 
     def summary(self) -> dict[str, float]:
         """Mean loss and task metric over the last tenth of training, and the seconds spent."""

@@ -5,7 +5,10 @@ distribution); `FewShotTuner.run_trial` builds the sampled candidate, trains
 it (or, for a table-scored search, looks its score up), scores it on fixed
 meta-validation episodes and saves its weights and record in the trial's
 folder. A trial that diverges or raises is reported to keras-tuner as failed
-and the search goes on.
+and the search goes on. A failed write to the run folder (`StorageError`) or
+Ctrl-C/SIGTERM (`metasearch.interrupts`) stops the search instead: the trial
+is handed back to the oracle (`kt_adapter.hand_back`), so no record is left
+RUNNING and the trial runs again when the search resumes.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import keras
 import keras_tuner
 import numpy as np
 
-from metasearch import distributed, kt_adapter, report
+from metasearch import distributed, interrupts, kt_adapter, latency, report, summaries
 from metasearch.data import episodes
-from metasearch.errors import UsageError
+from metasearch.errors import MetasearchError, StorageError, UsageError
 from metasearch.flops import estimate_flops
 from metasearch.job import Job, derived_seed, over_budget
 from metasearch.progress import Progress
@@ -35,7 +38,7 @@ class BudgetError(Exception):
     """A candidate over `--max_params` reached training (the oracle should have rejected it)."""
 
 
-class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
+class FewShotTuner(kt_adapter.BaseTuner):
     """keras-tuner tuner whose trial meta-trains and scores one few-shot learner."""
 
     def __init__(self, job: Job, oracle: keras_tuner.Oracle, progress: Progress):
@@ -56,16 +59,18 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
         """keras-tuner's search loop; the chief serves the oracle, waiting workers sleep."""
         if self.job.role == "chief":
             self.save()
-            distributed.serve(
-                self.oracle,
-                self.job.config.worker_timeout,
-                report=lambda line: self.progress.note(line),
-            )
+            with interrupts.interruptible():
+                distributed.serve(
+                    self.oracle,
+                    self.job.config.worker_timeout,
+                    report=lambda line: self.progress.note(line),
+                )
             return
         if self.job.role == "local":
             self.oracle.verbose = 0
         self.on_search_begin()
         while True:
+            interrupts.check()  # a clean point: Ctrl-C during the books stops here
             self.pre_create_trial()
             trial = self.oracle.create_trial(self.tuner_id)
             if trial.status == keras_tuner.engine.trial.TrialStatus.STOPPED:
@@ -75,9 +80,24 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
                 time.sleep(1.0)
                 continue
             self.on_trial_begin(trial)
-            kt_adapter.run_and_update_trial(self, trial, *fit_args, **fit_kwargs)
+            try:
+                kt_adapter.run_and_update_trial(self, trial, *fit_args, **fit_kwargs)
+            except (KeyboardInterrupt, keras_tuner.errors.FatalError) as error:
+                raise self._stopped_midway(trial, error) from None
             self.on_trial_end(trial)
         self.on_search_end()
+
+    def _stopped_midway(self, trial, error: BaseException) -> BaseException:
+        """Hands a trial stopped by a signal or a failed write back; returns what to raise."""
+        cause = error.__cause__ if isinstance(error.__cause__, MetasearchError) else error
+        if self.job.role != "worker":  # a worker's trial goes back through the chief
+            why = (
+                "interrupted; it runs again when the search resumes"
+                if isinstance(error, KeyboardInterrupt)
+                else f"stopped by a failed write; it runs again when the search resumes ({cause})"
+            )
+            kt_adapter.hand_back(self.oracle, trial.trial_id, why)
+        return cause
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
@@ -85,6 +105,15 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
         report.write_results(self.job.run_dir, self.job.config.to_json())
 
     def run_trial(self, trial, *args, **kwargs):
+        """`_run_trial`, interruptible; a failed write stops the search, not just the trial."""
+        try:
+            with interrupts.interruptible():
+                return self._run_trial(trial, *args, **kwargs)
+        except StorageError as error:
+            # keras-tuner would record any other exception as a failed trial and go on.
+            raise keras_tuner.errors.FatalError(str(error)) from error
+
+    def _run_trial(self, trial, *args, **kwargs):
         config, space = self.job.config, self.job.components.space
         started = time.time()
         sampled = self.job.components.sample(trial.hyperparameters)
@@ -99,6 +128,8 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
             "worker": self.tuner_id,
         }
         self.progress.trial_started(trial.trial_id, record)
+        board = summaries.TrialBoard(self.job.run_dir, trial.trial_id, self.job.kind.metric)
+        board.start(record["hyperparameters"], record["architecture"])
         heartbeat = (
             distributed.Heartbeat(self.oracle, trial.trial_id, max(1.0, config.worker_timeout / 4))
             if self.job.role == "worker"
@@ -107,10 +138,10 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
         try:
             with heartbeat:
                 if self.job.trains:
-                    metrics = self._meta_train_and_score(trial, sampled, record)
+                    metrics = self._meta_train_and_score(trial, sampled, record, board)
                 else:
                     metrics = self._look_up(sampled)
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, StorageError):
             raise
         except Exception as error:  # noqa: BLE001 - any failure fails the trial only
             record.update(
@@ -119,12 +150,14 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
                 wall_seconds=time.time() - started,
             )
             self.job.run_dir.write_trial_record(trial.trial_id, record)
+            board.finish(record)
             self.progress.trial_failed(trial.trial_id, record["error"])
             quiet = isinstance(error, (DivergedError, UsageError, BudgetError))
             detail = "" if quiet else "\n" + traceback.format_exc()
             raise keras_tuner.errors.FailedTrialError(record["error"] + detail) from error
         record.update(status="COMPLETED", wall_seconds=time.time() - started, **metrics)
         self.job.run_dir.write_trial_record(trial.trial_id, record)
+        board.finish(record)
         self.progress.trial_finished(trial.trial_id, record)
         name = self.job.objective[0]
         return {name: metrics[name]}
@@ -158,7 +191,7 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
         done = episodes_for(values["tuner/initial_epoch"]) if parent else 0
         return episodes_for(values["tuner/epochs"]), done, parent
 
-    def _meta_train_and_score(self, trial, sampled, record) -> dict[str, Any]:
+    def _meta_train_and_score(self, trial, sampled, record, board=None) -> dict[str, Any]:
         job, config = self.job, self.job.config
         keras.backend.clear_session()
         seed = derived_seed(config.seed, f"trial {trial.trial_id}")
@@ -196,6 +229,9 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
             on_progress=lambda step, loss, metric: self.progress.trial_step(
                 trial.trial_id, step, steps, loss, metric
             ),
+            # About 20 points or more on each trial's TensorBoard curves.
+            check_every=max(1, min(20, steps // 20)),
+            on_chunk=board.curve(done) if board is not None else None,
         )
         val_stream = job.episode_stream(
             "val", config.seed, episodes.VAL_STREAM, count=config.eval_episodes
@@ -204,6 +240,8 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
         mean, ci95 = episodes.mean_and_ci95(scores)
         if not np.isfinite(mean):
             raise DivergedError(f"meta-validation {job.objective[0]} is {mean}")
+        record["latency_ms"] = adaptation_latency(learner, job)
+        record["latency_task"] = latency.task_description(learner)
         save_weights(learner.weights, job.run_dir.weights_path(trial.trial_id))
         return {
             job.objective[0]: mean,
@@ -212,6 +250,17 @@ class FewShotTuner(keras_tuner.engine.base_tuner.BaseTuner):
             "jit_compile": job.jit_compile,
             **train_metrics,
         }
+
+
+def adaptation_latency(learner, job: Job) -> float | None:
+    """Milliseconds to adapt to and predict one small task through the exported signature.
+
+    None when it cannot be measured (a measurement must never fail a trial).
+    """
+    try:
+        return latency.measure(learner, job.config.image_size, job.normalization)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def backbone_flops(learner, task) -> int | None:

@@ -125,3 +125,12 @@ def test_workers_share_the_trials_and_a_killed_workers_trial_goes_to_the_other(t
     assert sorted(oracle["end_order"]) == ["0", "1", "2"]
     assert (out / "export" / "best_learner" / "saved_model.pb").is_file()
     assert "Best learner exported" in chief.output()
+    # The worker running a trial writes its TensorBoard events; the killed worker's are
+    # replaced when its trial starts again, so each trial keeps one HParams record.
+    from metasearch import summaries
+
+    for trial in ("0", "1", "2"):
+        events = summaries.read_trial(str(out / "tensorboard" / f"trial_{trial}"))
+        assert [pid for _, pid in events.writers] == [survivor.popen.pid], trial
+        assert len(events.hparams) == 1 and events.statuses == ["STATUS_SUCCESS"], trial
+    assert (out / "report.html").is_file()

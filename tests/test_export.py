@@ -145,3 +145,136 @@ def test_export_replaces_atomically_and_leaves_no_temporaries(tmp_path):
         tf.random.uniform([6, 50, 50, 1]),
     )["logits"]
     assert logits.shape == (6, 4)
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny classification export (1 channel) and a regression export (1-d inputs)."""
+    from metasearch.api import REGRESSION
+    from metasearch.plugins.maml import MAML
+    from metasearch.search_spaces.mlp import MLP
+
+    folder = tmp_path_factory.mktemp("exports")
+    task = testing.tiny_task(16)
+    learner = testing.build_learner(
+        PrototypicalNetworks,
+        ConvBlocks,
+        task,
+        space_config={"depth": 2, "filters": 8, "growth": 1.0},
+    )
+    MetaTrainer(learner, (0.5, 0.3), 1e-3, 1, jit_compile=False).build(testing.tiny_episode(task))
+    images = export_learner(learner, folder / "images", 16, 1, (0.5, 0.3), {})
+    task = testing.tiny_task(kind=REGRESSION)
+    learner = testing.build_learner(MAML, MLP, task, {"inner_steps": 1})
+    MetaTrainer(learner, (0.0, 1.0), 1e-3, 1, jit_compile=False).build(testing.tiny_episode(task))
+    points = export_learner(learner, folder / "points", 1, 1, (0.0, 1.0), {})
+    return (
+        tf.saved_model.load(str(images)).signatures["few_shot"],
+        tf.saved_model.load(str(points)).signatures["adapt_and_predict"],
+    )
+
+
+def _images(n, size=20, channels=1):
+    return tf.random.uniform([n, size, size, channels], seed=1)
+
+
+GOOD_IMAGES = {
+    "support_images": _images(5),
+    "support_labels": tf.constant([0, 1, 2, 3, 4]),
+    "query_images": _images(3),
+}
+BAD_IMAGES = [
+    (
+        "label 7 of 5 classes",
+        {"support_labels": tf.constant([0, 1, 2, 3, 7])},
+        "support_labels must be in 0..C-1 for the C classes",
+    ),
+    (
+        "label -1",
+        {"support_labels": tf.constant([0, 1, 2, 3, -1])},
+        "support_labels must be in 0..C-1; got a negative",
+    ),
+    (
+        "empty support set",
+        {"support_images": _images(0), "support_labels": tf.zeros([0], tf.int32)},
+        "support_labels is empty",
+    ),
+    (
+        "3 channels",
+        {"support_images": _images(5, channels=3)},
+        "support_images must be images [n, height, width, 1]",
+    ),
+    (
+        "query rank 3",
+        {"query_images": _images(3)[..., 0]},
+        "query_images must be images [n, height, width, 1]",
+    ),
+    (
+        "labels rank 2",
+        {"support_labels": tf.constant([[0], [1], [2], [3], [4]])},
+        "support_labels must be a vector [n]",
+    ),
+    (
+        "lengths differ",
+        {"support_images": _images(4)},
+        "support_images and support_labels must have the same length",
+    ),
+    (
+        "NaN query",
+        {"query_images": _images(3) * float("nan")},
+        "query_images holds non-finite values",
+    ),
+    (
+        "infinite support",
+        {"support_images": _images(5) + float("inf")},
+        "support_images holds non-finite values",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "inputs, message", [case[1:] for case in BAD_IMAGES], ids=[c[0] for c in BAD_IMAGES]
+)
+def test_few_shot_refuses_bad_inputs_naming_them(exported, inputs, message):
+    few_shot, _ = exported
+    assert few_shot(**GOOD_IMAGES)["logits"].shape == (3, 5)
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        few_shot(**{**GOOD_IMAGES, **inputs})
+    assert message in str(error.value)
+    # Classes numbered 0..C-1 in any order and with any number of shots are fine.
+    logits = few_shot(**{**GOOD_IMAGES, "support_labels": tf.constant([1, 0, 1, 0, 1])})["logits"]
+    assert logits.shape == (3, 2)
+
+
+def _points(n, dims=1):
+    return tf.random.uniform([n, dims], -5.0, 5.0, seed=2)
+
+
+GOOD_POINTS = {"support_x": _points(5), "support_y": _points(5), "query_x": _points(4)}
+BAD_POINTS = [
+    ("empty support set", {"support_x": _points(0), "support_y": _points(0)}, "support_x is empty"),
+    (
+        "lengths differ",
+        {"support_y": _points(3)},
+        "support_x and support_y must have the same length",
+    ),
+    ("NaN target", {"support_y": _points(5) * float("nan")}, "support_y holds non-finite values"),
+    ("infinite query", {"query_x": _points(4) + float("inf")}, "query_x holds non-finite values"),
+    ("query rank 1", {"query_x": _points(4)[:, 0]}, "query_x must be inputs [n, 1]"),
+    ("2-d inputs", {"support_x": _points(5, dims=2)}, "support_x must be inputs [n, 1]"),
+    ("targets rank 3", {"support_y": _points(5)[None]}, "support_y must be targets [n, 1]"),
+]
+
+
+@pytest.mark.parametrize(
+    "inputs, message", [case[1:] for case in BAD_POINTS], ids=[c[0] for c in BAD_POINTS]
+)
+def test_adapt_and_predict_refuses_bad_inputs_naming_them(exported, inputs, message):
+    _, adapt_and_predict = exported
+    assert adapt_and_predict(**GOOD_POINTS)["predictions"].shape == (4, 1)
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        adapt_and_predict(**{**GOOD_POINTS, **inputs})
+    assert message in str(error.value)

@@ -8,6 +8,7 @@ that renames or changes one of them fails the test named after it here
 from __future__ import annotations
 
 import inspect
+import os
 import socket
 import threading
 
@@ -15,6 +16,7 @@ import keras_tuner
 import pytest
 
 from metasearch import kt_adapter
+from metasearch.rundir import read_json
 
 OBJECTIVE = keras_tuner.Objective("score", "max")
 
@@ -55,6 +57,10 @@ PRIVATE_METHODS = [
     (keras_tuner.oracles.GridSearchOracle, "_get_next_combination", ["values"]),
     (keras_tuner.oracles.GridSearchOracle, "_compare", ["a", "b"]),
     (keras_tuner.engine.base_tuner.BaseTuner, "_try_run_and_update_trial", ["trial"]),
+    (keras_tuner.Oracle, "_check_consecutive_failures", []),
+    (keras_tuner.engine.base_tuner.BaseTuner, "_get_tuner_fname", []),
+    (keras_tuner.engine.base_tuner.BaseTuner, "_is_worker", []),
+    (keras_tuner.engine.base_tuner.BaseTuner, "_populate_initial_space", []),
 ]
 
 
@@ -81,7 +87,8 @@ def test_the_public_names_the_adapter_adds_are_free_in_keras_tuner():
         kt_adapter.BayesianOptimizationOracle,
     ):
         added |= {name for name in vars(cls) if not name.startswith("_")}
-    added -= {"save"}  # keras-tuner's own public method, overridden on purpose
+    # keras-tuner's own public methods, overridden on purpose (atomic files, damage, failures).
+    added -= {"save", "reload", "create_trial"}
     assert added >= {"is_duplicate", "random_values", "values_hash", "persist", "walk_queue"}
     for cls in (
         keras_tuner.Oracle,
@@ -363,6 +370,27 @@ def test_run_and_update_trial_records_the_outcome(outcome, status, tmp_path):
         assert str(outcome) in trial.message
 
 
+def test_a_failed_trial_prints_no_traceback_unless_debugging(tmp_path, capfd, monkeypatch):
+    from keras_tuner.src import config
+
+    assert config.DEBUG is True  # keras-tuner's default: print_exc for every failed trial
+    for debugging in ("", "1"):
+        monkeypatch.setenv("METASEARCH_DEBUG", debugging)
+        oracle = kt_adapter.RandomSearchOracle(objective=OBJECTIVE, seed=1, hyperparameters=space())
+        tuner = _Tuner(
+            keras_tuner.errors.FailedTrialError("diverged"),
+            oracle=oracle,
+            directory=str(tmp_path / debugging),
+            project_name="p",
+        )
+        trial = oracle.create_trial(tuner.tuner_id)
+        kt_adapter.run_and_update_trial(tuner, trial)
+        assert trial.status == "FAILED" and "diverged" in trial.message
+        printed = capfd.readouterr().err
+        assert ("Traceback" in printed) == bool(debugging), printed
+    assert config.DEBUG is True
+
+
 def test_run_and_update_trial_lets_fatal_errors_through(tmp_path):
     oracle = kt_adapter.RandomSearchOracle(objective=OBJECTIVE, seed=1, hyperparameters=space())
     tuner = _Tuner(
@@ -418,3 +446,198 @@ def test_oracle_server_reports_an_address_it_cannot_bind():
         port = taken.getsockname()[1]
         server = kt_adapter.OracleServer(kt_adapter.Oracle(), f"127.0.0.1:{port}")
         assert server.port == 0
+
+
+# --------------------------------------------------------------------------- files and faults
+
+
+def _project(tmp_path, trials=2, max_trials=None):
+    """A persisted random-search project with `trials` completed trials; returns the oracle."""
+    oracle = kt_adapter.RandomSearchOracle(
+        objective=OBJECTIVE, max_trials=max_trials, seed=1, hyperparameters=space()
+    )
+    oracle.verbose = 0
+    oracle.set_project_dir(str(tmp_path), "project")
+    for index in range(trials):
+        finish(oracle, oracle.create_trial("t"), score=float(index))
+    return oracle
+
+
+def _reloaded(tmp_path, max_trials=None):
+    oracle = kt_adapter.RandomSearchOracle(
+        objective=OBJECTIVE, max_trials=max_trials, seed=1, hyperparameters=space()
+    )
+    oracle.verbose = 0
+    oracle.set_project_dir(str(tmp_path), "project")
+    oracle.reload()
+    return oracle
+
+
+def test_project_dir_is_directory_and_project_name_and_made_on_use(tmp_path):
+    oracle = kt_adapter.RandomSearchOracle(objective=OBJECTIVE, seed=1, hyperparameters=space())
+    oracle.set_project_dir(str(tmp_path / "d"), "p")
+    assert (oracle._directory, oracle._project_name) == (str(tmp_path / "d"), "p")
+    assert oracle._project_dir == str(tmp_path / "d" / "p") and (tmp_path / "d" / "p").is_dir()
+    assert oracle.project_path() == str(tmp_path / "d" / "p")
+
+
+def test_keras_tuners_files_are_written_only_through_the_atomic_writer(tmp_path, monkeypatch):
+    from keras_tuner.src import utils
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("keras-tuner wrote a file itself")
+
+    monkeypatch.setattr(utils, "save_json", forbidden)
+    written = []
+    original = kt_adapter.write_atomic
+    monkeypatch.setattr(
+        kt_adapter, "write_atomic", lambda path, data: written.append(path) or original(path, data)
+    )
+    _project(tmp_path, trials=1)
+    assert {os.path.basename(p) for p in written} == {"trial.json", "oracle.json"}
+    assert not list(tmp_path.rglob("*.tmp-*"))
+
+
+def test_the_state_keys_reload_repairs_are_keras_tuners(tmp_path):
+    state = _project(tmp_path, trials=1).get_state()
+    assert {
+        "ongoing_trials",
+        "retry_queue",
+        "start_order",
+        "end_order",
+        "run_times",
+        "tried_so_far",
+        "id_to_hash",
+        "seed_state",
+        "hyperparameters",
+    } <= set(state)
+
+
+def test_keras_tuner_stops_after_consecutive_failures_in_the_middle_of_end_trial(tmp_path):
+    # The assumption behind `stopped_by_failures`: keras-tuner raises from
+    # `_check_consecutive_failures`, called by `end_trial` before it saves the trial.
+    oracle = keras_tuner.oracles.RandomSearchOracle(
+        objective=OBJECTIVE, seed=1, hyperparameters=space(), max_consecutive_failed_trials=1
+    )
+    oracle._set_project_dir(str(tmp_path), "project")
+    trial = oracle.create_trial("t")
+    trial.status = "FAILED"
+    with pytest.raises(RuntimeError, match="consecutive failures"):
+        oracle.end_trial(trial)
+    assert oracle.ongoing_trials == {"t": trial}, "keras-tuner left it running"
+
+
+def test_a_stop_by_consecutive_failures_ends_the_trial_and_stops(tmp_path):
+    oracle = kt_adapter.RandomSearchOracle(
+        objective=OBJECTIVE, seed=1, hyperparameters=space(), max_consecutive_failed_trials=2
+    )
+    oracle.verbose = 0
+    oracle.set_project_dir(str(tmp_path), "project")
+    for _ in range(2):
+        trial = oracle.create_trial("t")
+        trial.status = "FAILED"
+        trial.message = "TypeError: broken"
+        oracle.end_trial(trial)
+    assert oracle.stopped_by_failures == "the last 2 trials failed"
+    assert oracle.ongoing_trials == {}
+    statuses = [read_json(p)["status"] for p in sorted(tmp_path.rglob("trial.json"))]
+    assert statuses == ["FAILED", "FAILED"]
+    assert oracle.create_trial("t").status == "STOPPED"
+    # keras-tuner saved its state before dropping the trial from the running ones;
+    # reloaded, the ended trial is not run again, and only a new streak stops it again.
+    again = _reloaded(tmp_path)
+    assert again.retry_queue == [] and again.stopped_by_failures is None
+    finish(again, again.create_trial("t"))
+    assert again.stopped_by_failures is None
+
+
+def test_reload_sets_a_damaged_trial_aside_and_numbers_new_trials_after_it(tmp_path):
+    _project(tmp_path, trials=3, max_trials=5)
+    damaged = tmp_path / "project" / "trial_1" / "trial.json"
+    damaged.write_text(damaged.read_text()[:30])
+    before = damaged.read_bytes()
+    oracle = _reloaded(tmp_path, max_trials=5)
+    assert set(oracle.set_aside) == {"1"}
+    assert oracle.set_aside["1"].startswith(f"{damaged} is damaged (JSONDecodeError")
+    assert oracle.trials["1"].status == "FAILED"  # a placeholder keeps its id taken
+    assert "1" not in oracle.start_order and "1" not in oracle.end_order
+    assert oracle.end_order == ["0", "2"] and oracle.rebuilt_state is None
+    assert oracle.create_trial("t").trial_id == "3"
+    oracle.save()
+    assert damaged.read_bytes() == before, "the damaged file was rewritten"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "not a state"])
+def test_reload_rebuilds_a_damaged_oracle_state_from_the_trials(tmp_path, damage):
+    original = _project(tmp_path, trials=3, max_trials=6)
+    state_file = tmp_path / "project" / "oracle.json"
+    if damage == "truncated":
+        state_file.write_text(state_file.read_text()[:40])
+    elif damage == "missing":
+        state_file.unlink()
+    else:
+        state_file.write_text('{"seed": 1}')
+    oracle = _reloaded(tmp_path, max_trials=6)
+    assert oracle.rebuilt_state.startswith(str(state_file))
+    assert oracle.end_order == ["0", "1", "2"] and oracle.start_order == ["0", "1", "2"]
+    assert oracle.tried_hashes == original.tried_hashes
+    assert [t.name for t in oracle.hyperparameters.space] == ["a", "b", "c"]
+    new = oracle.create_trial("t")
+    assert new.trial_id == "3"
+    assert oracle.values_hash(new.hyperparameters.values) not in original.tried_hashes
+
+
+def test_reload_takes_in_a_trial_the_oracle_state_missed(tmp_path):
+    # The trial's file was written, then the oracle's state was not (killed, disk full).
+    oracle = _project(tmp_path, trials=1)
+    state = (tmp_path / "project" / "oracle.json").read_text()
+    oracle.create_trial("t")
+    (tmp_path / "project" / "oracle.json").write_text(state)
+    again = _reloaded(tmp_path)
+    first, second = oracle.start_order
+    assert again.start_order == [first, second] and again.retry_queue == [second]
+    assert again.create_trial("t").trial_id == second
+
+
+def test_hand_back_ends_a_running_trial_for_a_rerun(tmp_path):
+    oracle = _project(tmp_path, trials=1)
+    trial = oracle.create_trial("t")
+    kt_adapter.hand_back(oracle, trial.trial_id, "interrupted")
+    assert oracle.ongoing_trials == {} and oracle.retry_queue == [trial.trial_id]
+    saved = read_json(tmp_path / "project" / f"trial_{trial.trial_id}" / "trial.json")
+    assert (saved["status"], saved["message"]) == ("IDLE", "interrupted")
+    again = _reloaded(tmp_path)
+    assert again.retry_queue == [trial.trial_id]
+    assert again.create_trial("t").trial_id == trial.trial_id
+
+
+class _Quiet(kt_adapter.BaseTuner):
+    def run_trial(self, trial, *args, **kwargs):
+        return {"score": 1.0}
+
+
+def test_the_tuner_file_is_the_tuner_id_and_a_project_without_it_still_reloads(tmp_path):
+    oracle = _project(tmp_path, trials=2)
+    tuner = _Quiet(oracle=oracle, directory=str(tmp_path), project_name="project")
+    assert tuner._get_tuner_fname() == str(tmp_path / "project" / "tuner0.json")
+    assert not tuner._is_worker()
+    tuner.save()
+    assert read_json(tmp_path / "project" / "tuner0.json") == {}
+    (tmp_path / "project" / "tuner0.json").unlink()
+    fresh = kt_adapter.RandomSearchOracle(objective=OBJECTIVE, seed=1, hyperparameters=space())
+    _Quiet(oracle=fresh, directory=str(tmp_path), project_name="project")
+    assert fresh.end_order == oracle.end_order, "it started over instead of reloading"
+
+
+def test_a_rebuilt_state_declares_the_search_space_again(tmp_path):
+    (tmp_path / "project" / "trial_0").mkdir(parents=True)
+    (tmp_path / "project" / "oracle.json").write_text("{")
+    oracle = kt_adapter.RandomSearchOracle(objective=OBJECTIVE, seed=1)
+    oracle.verbose = 0
+    _Quiet(
+        oracle=oracle,
+        hypermodel=lambda hp: hp.Choice("x", [1, 2]),
+        directory=str(tmp_path),
+        project_name="project",
+    )
+    assert oracle.rebuilt_state and [hp.name for hp in oracle.hyperparameters.space] == ["x"]

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_sigkill_mid_trial_then_rerun_finishes_without_double_counting(tmp_path):
     out = tmp_path / "out"
     args = [a for a in TINY if not a.startswith("--episodes_per_trial")]
-    # Long enough trials to be killed mid-way (progress every 20 episodes), and no longer.
+    # Long enough trials to be killed mid-way (progress every 8 episodes), and no longer.
     args += ["--max_trials=2", "--episodes_per_trial=160", f"--output_dir={out}"]
     process = subprocess.Popen(
         [*METASEARCH, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
@@ -25,7 +25,7 @@ def test_sigkill_mid_trial_then_rerun_finishes_without_double_counting(tmp_path)
         deadline = time.time() + 240
         for line in process.stdout:
             seen.append(line)
-            # The first progress line of the second trial: it is running, 20 of 160 episodes in.
+            # The first progress line of the second trial: it is running, 8 of 160 episodes in.
             if (
                 len(seen) >= 2
                 and seen[-2].startswith("trial 1 (2 of 2)")
@@ -59,3 +59,8 @@ def test_sigkill_mid_trial_then_rerun_finishes_without_double_counting(tmp_path)
     oracle = read_json(out / "keras_tuner" / "oracle.json")
     assert sorted(oracle["end_order"]) == ["0", "1"]
     assert len(set(oracle["end_order"])) == 2
+    # The trial run again replaced its TensorBoard folder: one HParams record, one ending.
+    from metasearch import summaries
+
+    resumed = summaries.read_trial(str(out / "tensorboard" / "trial_1"))
+    assert len(resumed.hparams) == 1 and resumed.statuses == ["STATUS_SUCCESS"]
