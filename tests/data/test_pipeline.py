@@ -157,3 +157,14 @@ def test_an_omniglot_character_with_two_images_is_left_out_and_named(tmp_path):
     assert train["images_per_class"] == {"min": 4, "max": 4} and train["classes"] == 2
     stream = kind_of("classification").episodes(data, _config(), "train", 0, 1, count=3)
     assert all(e.support_images.shape == (2, 12, 12, 1) for e in stream)
+
+
+def test_an_omniglot_image_of_an_unexpected_size_is_resized_not_refused(tmp_path):
+    folder = tmp_path / "images_background" / "A" / "character01"
+    folder.mkdir(parents=True)
+    for d, size in enumerate([(12, 12), (12, 12), (15, 9)]):
+        Image.new("L", size, 255).save(folder / f"1_{d}.png")
+    class_set = omniglot.load_characters(str(tmp_path), ["images_background"], 8)
+    assert class_set.counts == [3]
+    assert class_set.images.shape == (1, 3, 8, 8, 1)
+    assert class_set.images.min() == 1.0  # all white, whatever the size it came in
