@@ -77,6 +77,38 @@ def python_path_env(*folders) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([*map(str, folders), *([existing] if existing else [])])}
 
 
+def kill_cli_when(args, stop, kill_signal=None, timeout=240) -> tuple[int, list[str]]:
+    """Runs `metasearch ARGS` in a fresh process until `stop(lines so far)` holds, then kills it.
+
+    Sends `kill_signal` (default SIGKILL) and waits; returns the exit status and the
+    stdout lines read. Fails the test if the search ends first or takes over `timeout` s.
+    """
+    import signal
+    import time
+
+    import pytest
+
+    process = subprocess.Popen(
+        [*METASEARCH, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    seen: list[str] = []
+    try:
+        deadline = time.time() + timeout
+        for line in process.stdout:
+            seen.append(line)
+            if stop(seen):
+                break
+            assert time.time() < deadline, "".join(seen)
+        else:
+            pytest.fail("the search ended before it could be killed:\n" + "".join(seen))
+        os.kill(process.pid, kill_signal or signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, seen
+
+
 def read_json(path) -> dict:
     return json.loads(Path(path).read_text())
 

@@ -1,13 +1,10 @@
 """A search killed with SIGKILL mid-trial resumes: finished trials kept, none counted twice."""
 
-import os
 import signal
-import subprocess
-import time
 
 import pytest
 
-from cli_support import METASEARCH, TINY, read_json, run_cli
+from cli_support import TINY, kill_cli_when, read_json, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -17,30 +14,17 @@ def test_sigkill_mid_trial_then_rerun_finishes_without_double_counting(tmp_path)
     args = [a for a in TINY if not a.startswith("--episodes_per_trial")]
     # Long enough trials to be killed mid-way (progress every 8 episodes), and no longer.
     args += ["--max_trials=2", "--episodes_per_trial=160", f"--output_dir={out}"]
-    process = subprocess.Popen(
-        [*METASEARCH, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    seen = []
-    try:
-        deadline = time.time() + 240
-        for line in process.stdout:
-            seen.append(line)
-            # The first progress line of the second trial: it is running, 8 of 160 episodes in.
-            if (
-                len(seen) >= 2
-                and seen[-2].startswith("trial 1 (2 of 2)")
-                and line.strip().startswith("[")
-            ):
-                break
-            assert time.time() < deadline, "".join(seen)
-        else:
-            pytest.fail("search ended before the second trial started:\n" + "".join(seen))
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == -signal.SIGKILL
+
+    def second_trial_under_way(seen):
+        # The first progress line of the second trial: it is running, 8 of 160 episodes in.
+        return (
+            len(seen) >= 2
+            and seen[-2].startswith("trial 1 (2 of 2)")
+            and seen[-1].strip().startswith("[")
+        )
+
+    returncode, _ = kill_cli_when(args, second_trial_under_way)
+    assert returncode == -signal.SIGKILL
 
     first_record = (out / "keras_tuner" / "trial_0" / "metasearch_trial.json").read_bytes()
     assert not (out / "keras_tuner" / "trial_1" / "metasearch_trial.json").exists()

@@ -5,18 +5,15 @@ the killed-run one, which needs its own search killed mid-trial.
 """
 
 import json
-import os
 import re
 import shutil
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from chromium_support import Browser, find_chromium
-from cli_support import METASEARCH, TINY, read_json, run_cli, run_cli_in_process
+from cli_support import TINY, kill_cli_when, read_json, run_cli, run_cli_in_process
 
 pytestmark = pytest.mark.xdist_group("insight")
 
@@ -291,27 +288,14 @@ def test_the_report_of_a_run_killed_mid_trial_marks_the_interrupted_trial(tmp_pa
     out = tmp_path / "out"
     args = [a for a in TINY if not a.startswith("--episodes_per_trial")]
     args += ["--max_trials=2", "--episodes_per_trial=60", f"--output_dir={out}"]
-    process = subprocess.Popen(
-        [*METASEARCH, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    seen, bars = [], 0
-    try:
-        deadline = time.time() + 240
-        for line in process.stdout:
-            seen.append(line)
-            in_second = any(s.startswith("trial 1 (2 of 2)") for s in seen)
-            bars += in_second and line.strip().startswith("[")
-            if bars == 2:  # the second trial is a quarter in: curves written, not finished
-                break
-            assert time.time() < deadline, "".join(seen)
-        else:
-            pytest.fail("search ended before the second trial was under way:\n" + "".join(seen))
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == -signal.SIGKILL
+
+    def second_trial_a_quarter_in(seen):
+        # Two progress lines of the second trial: curves written, the trial not finished.
+        second = [i for i, line in enumerate(seen) if line.startswith("trial 1 (2 of 2)")]
+        return bool(second) and sum(line.strip().startswith("[") for line in seen[second[0] :]) == 2
+
+    returncode, _ = kill_cli_when(args, second_trial_a_quarter_in)
+    assert returncode == -signal.SIGKILL
     partial = summaries.read_trial(str(out / "tensorboard" / "trial_1"))
     assert partial.scalars["train/loss"] and len(partial.hparams) == 1 and not partial.statuses
 
