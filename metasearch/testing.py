@@ -232,21 +232,30 @@ def check_runs(learner: MetaLearner, task: TaskSpec, episode: Episode | None = N
     and `check_trains` cover the defaults.
     """
     episode = tiny_episode(task) if episode is None else episode
-    trainer = MetaTrainer(learner, task_normalization(task), 1e-3, 2, jit_compile=False)
+    _train_step_and_adapt(learner, task, episode, jit_compile=False)
+
+
+def _train_step_and_adapt(
+    learner: MetaLearner, task: TaskSpec, episode: Episode, jit_compile: bool
+) -> tf.Tensor:
+    """One training step (finite loss) and an adaptation (outputs of the task's shape)."""
+    mode = "XLA " if jit_compile else ""
+    trainer = MetaTrainer(learner, task_normalization(task), 1e-3, 4, jit_compile=jit_compile)
     trainer.build(episode)
     loss, _ = trainer.train_step(episode)
-    _finite("the meta-training loss", float(loss))
+    _finite(f"the {mode}meta-training loss", float(loss))
     outputs = trainer.adapt_step(
         episode.support_images, episode.support_labels, episode.query_images, task.n_way
     )
     expected = _expected_outputs_shape(task)
     if tuple(outputs.shape) != expected:
         raise ConformanceError(
-            f"adaptation gave outputs of shape {tuple(outputs.shape)}; expected {expected}"
+            f"{mode}adaptation gave outputs of shape {tuple(outputs.shape)}; expected {expected}"
         )
     bad = int(np.sum(~np.isfinite(outputs.numpy())))
     if bad:
-        raise ConformanceError(f"adaptation gave {bad} non-finite outputs of {outputs.shape}")
+        raise ConformanceError(f"{mode}adaptation gave {bad} non-finite outputs of {outputs.shape}")
+    return outputs
 
 
 def check_traces_with_variable_batch(learner: MetaLearner, task: TaskSpec) -> None:
@@ -278,19 +287,8 @@ def check_compiles_with_xla(learner: MetaLearner, task: TaskSpec) -> None:
     """Training and adaptation compile with XLA, and XLA adapts as graph mode does."""
     episode = tiny_episode(task)
     normalization = task_normalization(task)
-    trainer = MetaTrainer(learner, normalization, 1e-3, 4, jit_compile=True)
-    trainer.build(episode)
-    loss, _ = trainer.train_step(episode)
-    _finite("the XLA meta-training loss", float(loss))
-    logits = trainer.adapt_step(
-        episode.support_images, episode.support_labels, episode.query_images, task.n_way
-    )
     # eval_step is adapt_step plus a metric; compiling it again would only repeat this.
-    expected = _expected_outputs_shape(task)
-    if tuple(logits.shape) != expected:
-        raise ConformanceError(
-            f"XLA adaptation gave outputs of shape {tuple(logits.shape)}; expected {expected}"
-        )
+    logits = _train_step_and_adapt(learner, task, episode, jit_compile=True)
     # Graph-mode and XLA adaptation agree.
     graph = MetaTrainer(learner, normalization, 1e-3, 4, jit_compile=False).adapt_step(
         episode.support_images, episode.support_labels, episode.query_images, task.n_way
