@@ -58,14 +58,18 @@ def read_source(source: ImageSource, archives: dict[str, zipfile.ZipFile] | None
         raise UsageError(f"{describe_source(source)}: cannot read it ({error})") from None
 
 
-def image_channels(data: bytes, where: str) -> int:
-    """The channel count of an encoded image (1 grey, 3 colour), checking it decodes."""
+def image_channels(data: bytes, where: str, decode: bool = True) -> int:
+    """The channel count of an encoded image (1 grey, 3 colour) from its header.
+
+    With `decode` the whole image is decoded too, so a truncated file is named here.
+    """
     if not data:
         raise UsageError(f"{where}: an empty file (0 bytes), not an image")
     try:
         with Image.open(io.BytesIO(data)) as image:
             mode = image.mode
-            image.load()
+            if decode:
+                image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise UsageError(f"{where}: not a readable image ({error})") from None
     return 1 if mode in ("1", "L", "I", "I;16", "F") else 3
@@ -127,7 +131,9 @@ class EpisodeImages:
         size = len(sources) * self.image_size**2 * self.channels
         in_archives = any(not isinstance(source, str) for source in sources)
         self._encoded = [read_source(s, self._archives) for s in sources] if in_archives else None
-        self._check_sources()
+        # Decoding into the cache names any file TensorFlow cannot decode; streamed files
+        # are decoded only during training, so they are checked whole up front.
+        self._check_sources(decode=size > cache_bytes)
         if size <= cache_bytes:
             self.mode = "cached"
             self._images = self._decode_all()
@@ -156,10 +162,10 @@ class EpisodeImages:
             return self._encoded[index]
         return read_source(self._sources[index], self._archives)
 
-    def _check_sources(self) -> None:
-        """Every image decodes; counts grey and colour images (converted to `channels`)."""
+    def _check_sources(self, decode: bool) -> None:
+        """Counts grey and colour images (converted to `channels`); with `decode`, all decode."""
         for index, source in enumerate(self._sources):
-            if image_channels(self._bytes(index), describe_source(source)) == 1:
+            if image_channels(self._bytes(index), describe_source(source), decode) == 1:
                 self.scan.grey += 1
             else:
                 self.scan.colour += 1

@@ -168,3 +168,14 @@ def test_an_omniglot_image_of_an_unexpected_size_is_resized_not_refused(tmp_path
     assert class_set.counts == [3]
     assert class_set.images.shape == (1, 3, 8, 8, 1)
     assert class_set.images.min() == 1.0  # all white, whatever the size it came in
+
+
+def test_a_truncated_jpeg_is_named_cached_or_streamed(tmp_path):
+    class_set = _write_class_folders(tmp_path, [3, 3])
+    whole = (tmp_path / "class1" / "0.jpg").read_bytes()
+    bad = tmp_path / "class1" / "truncated.jpg"
+    bad.write_bytes(whole[: len(whole) // 3])
+    class_set.files[1].append(str(bad))
+    for budget in (2**30, 0):
+        with pytest.raises(UsageError, match=re.escape(str(bad))):
+            EpisodeImages(class_set, 8, 3, min_images=2, cache_bytes=budget)
