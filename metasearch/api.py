@@ -396,6 +396,8 @@ def accuracy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
 
 # An image to decode: a file path, or `(archive path, member)` inside a zip archive.
 ImageSource = str | tuple[str, str]
+# A bounding box in an image's pixels: `(x, y, width, height)`, from its top-left corner.
+Box = tuple[float, float, float, float]
 
 
 @dataclasses.dataclass
@@ -410,18 +412,25 @@ class ClassSet:
     WebP, any size, grey or colour, any number per class) that the core
     decodes, converts to the data set's channels and resizes on demand
     (`metasearch.data.pipeline`). `names` names each class (e.g.
-    `Greek/character05`).
+    `Greek/character05`). `boxes`, with `files` only: per class, one `Box` or
+    None per file; the core crops each image to its box (clipped to the image)
+    before resizing it.
     """
 
     images: np.ndarray | list[np.ndarray] | None
     names: list[str]
     files: list[list[ImageSource]] | None = None
+    boxes: list[list[Box | None]] | None = None
 
     def __post_init__(self):
         if (self.images is None) == (self.files is None):
             raise ValueError("ClassSet: give either images or files")
         if len(self.names) != self.num_classes:
             raise ValueError(f"ClassSet: {len(self.names)} names for {self.num_classes} classes")
+        if self.boxes is not None and (
+            self.files is None or [len(b) for b in self.boxes] != [len(f) for f in self.files]
+        ):
+            raise ValueError("ClassSet: boxes need files, one box (or None) per file")
 
     @property
     def num_classes(self) -> int:
@@ -448,7 +457,8 @@ class ClassSet:
             return ClassSet(self.images[keep], names)
         if self.images is not None:
             return ClassSet([self.images[i] for i in keep], names)
-        return ClassSet(None, names, files=[self.files[i] for i in keep])
+        boxes = None if self.boxes is None else [self.boxes[i] for i in keep]
+        return ClassSet(None, names, files=[self.files[i] for i in keep], boxes=boxes)
 
 
 @dataclasses.dataclass
@@ -499,6 +509,9 @@ class Dataset(abc.ABC):
     channels: int = 1
     kind: str = CLASSIFICATION
     OPTIONS: tuple[Option, ...] = ()
+    # The final learner is meta-tested at --n_way and at these ways too, where the
+    # test classes allow (the literature's settings, e.g. 5- and 20-way for Omniglot).
+    TEST_WAYS: tuple[int, ...] = ()
 
     def __init__(self, options: DatasetOptions):
         resolved = options_lib.resolve(

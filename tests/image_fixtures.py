@@ -41,6 +41,8 @@ class Fixture:
     root: Path
     classes: dict[str, list[Path]]
     splits: dict[str, list[str]]
+    # `write_cub`: each image's bounding box `(x, y, width, height)` as written.
+    boxes: dict[Path, tuple[float, float, float, float]] = dataclasses.field(default_factory=dict)
 
     def counts(self, split: str) -> list[int]:
         """Images of each class of a class set, in the split's order."""
@@ -158,6 +160,17 @@ def write_mini_imagenet(
     return fixture
 
 
+def _box(size: tuple[int, int], image_id: int) -> tuple[float, float, float, float]:
+    """A CUB box: inside the image, past its right and bottom edges, or before its top-left."""
+    width, height = size
+    kind = image_id % 3
+    if kind == 0:
+        return (2.0, 3.0, width - 6.0, height - 8.0)
+    if kind == 1:
+        return (round(width * 0.3) + 0.5, round(height * 0.2) + 0.0, float(width), height * 0.9)
+    return (-3.0, -2.5, round(width * 0.6) + 0.0, round(height * 0.7) + 0.0)
+
+
 def write_cub(
     root: str | Path,
     num_classes: int = 8,
@@ -171,8 +184,10 @@ def write_cub(
     """CUB_200_2011 as unpacked: `classes.txt`, `images.txt`, `image_class_labels.txt`, `images/`.
 
     With `nested` the files go to `root/CUB_200_2011/` (as the archive
-    unpacks); `bounding_boxes` adds `bounding_boxes.txt`. Class ids run
-    1..num_classes; images are listed class after class.
+    unpacks); `bounding_boxes` adds `bounding_boxes.txt` (boxes in the
+    fixture's `boxes`: some inside the image, some running past its edges,
+    some with half-pixel coordinates). Class ids run 1..num_classes; images
+    are listed class after class.
     """
     root = Path(root)
     folder = root / "CUB_200_2011" if nested else root
@@ -191,7 +206,9 @@ def write_cub(
             paths.append(writer.write(folder / "images" / relative, class_id - 1))
             images.append(f"{image_id} {relative}")
             labels.append(f"{image_id} {class_id}")
-            boxes.append(f"{image_id} 2.0 3.0 {size[0] - 6}.0 {size[1] - 8}.0")
+            box = tuple(round(value, 1) for value in _box(size, image_id))
+            fixture.boxes[paths[-1]] = box
+            boxes.append(f"{image_id} " + " ".join(f"{value:.1f}" for value in box))
         fixture.classes[name] = paths
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "classes.txt").write_text("\n".join(classes) + "\n")

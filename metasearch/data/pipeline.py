@@ -1,18 +1,24 @@
 """Images of a class set, ready for episodes: cached as uint8 at the model's size, or streamed.
 
 A `ClassSet` gives either generated arrays or, per class, image files in any
-number, size and format. `EpisodeImages` turns one into what the episode
-sampler draws from:
+number, size and format (each with an optional bounding box). `EpisodeImages`
+turns one into what the episode sampler draws from:
 
 * Classes with fewer than K + Q images cannot fill an episode: they are left
   out (and named in `left_out`), never shrinking the other classes.
-* File images are decoded with TensorFlow (PNG, JPEG, BMP, GIF, WebP),
-  converted to the data set's channels, resized to the model's size with
-  `preprocess.resize` and rounded to uint8, either once into an in-memory
-  cache (`cached`, when it fits the memory budget) or per episode
-  (`streamed`). Both give the same pixels, so an episode is a function of
-  `(seed, stream, index)` alone whichever mode is used.
-* Generated arrays are kept as given (float32 at the model's size).
+* File images are served by a TensorFlow-free worker process
+  (`metasearch.data.image_worker`, one per class set): decoded with PIL
+  (PNG, JPEG, BMP, GIF, WebP), converted to the data set's channels, cropped
+  to their boxes, resized to the model's size by area averaging (what
+  `preprocess.resize` computes) and rounded to uint8, either once into the
+  worker's in-memory cache (`cached`, when it fits the memory budget) or per
+  episode (`streamed`). Both give the same pixels, so an episode is a
+  function of `(seed, stream, index)` alone whichever mode is used: the
+  sampler picks the indices in TensorFlow, the worker only supplies pixels.
+  The worker's memory is its own, apart from TensorFlow's (see
+  `benchmarks/data_pipeline.py`); `close()` (or garbage collection) stops it.
+* Generated arrays are kept as given (float32 at the model's size), in this
+  process.
 
 `images(flat_indices)` gathers float32 images in [0, 1] inside the graph.
 """
@@ -20,67 +26,22 @@ sampler draws from:
 from __future__ import annotations
 
 import dataclasses
-import io
-import zipfile
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
 
-from metasearch.api import ClassSet, ImageSource
-from metasearch.data.preprocess import resize
-from metasearch.errors import UsageError
+from metasearch.api import ClassSet
+from metasearch.data.image_worker import (  # noqa: F401 - the pipeline's names for them
+    IMAGE_EXTENSIONS,
+    ImageWorker,
+    describe_source,
+    image_channels,
+    read_source,
+)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 # How many training images estimate the normalisation of a file-based class set.
 STATISTICS_SAMPLE = 2000
-
-
-def describe_source(source: ImageSource) -> str:
-    """A source as users name it: the file, or `archive.zip:member`."""
-    return source if isinstance(source, str) else f"{source[0]}:{source[1]}"
-
-
-def read_source(source: ImageSource, archives: dict[str, zipfile.ZipFile] | None = None) -> bytes:
-    """The encoded bytes of a source; a missing or unreadable one fails naming it."""
-    try:
-        if isinstance(source, str):
-            with open(source, "rb") as handle:
-                return handle.read()
-        path, member = source
-        archives = {} if archives is None else archives
-        archive = archives.get(path)
-        if archive is None:
-            archive = archives[path] = zipfile.ZipFile(path)
-        return archive.read(member)
-    except (OSError, KeyError, zipfile.BadZipFile) as error:
-        raise UsageError(f"{describe_source(source)}: cannot read it ({error})") from None
-
-
-def image_channels(data: bytes, where: str, decode: bool = True) -> int:
-    """The channel count of an encoded image (1 grey, 3 colour) from its header.
-
-    With `decode` the whole image is decoded too, so a truncated file is named here.
-    """
-    if not data:
-        raise UsageError(f"{where}: an empty file (0 bytes), not an image")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            mode = image.mode
-            if decode:
-                image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise UsageError(f"{where}: not a readable image ({error})") from None
-    return 1 if mode in ("1", "L", "I", "I;16", "F") else 3
-
-
-def decode(data: tf.Tensor, channels: int, image_size: int) -> tf.Tensor:
-    """Encoded image bytes to uint8 `[image_size, image_size, channels]` (graph code)."""
-    image = tf.io.decode_image(data, channels=channels, expand_animations=False)
-    image = tf.cast(image, tf.float32) / 255.0
-    resized = resize(image[None], image_size)[0]
-    return tf.cast(tf.round(resized * 255.0), tf.uint8)
 
 
 @dataclasses.dataclass
@@ -96,7 +57,8 @@ class EpisodeImages:
 
     `counts` and `offsets` index a flat image axis: class `c`'s images are
     `offsets[c] .. offsets[c] + counts[c] - 1`. `mode` is `"generated"`,
-    `"cached"` or `"streamed"`.
+    `"cached"` or `"streamed"`; file-based modes have a `worker`
+    (`image_worker.ImageWorker`), stopped by `close()` (also a context manager).
     """
 
     def __init__(
@@ -116,7 +78,8 @@ class EpisodeImages:
         self.counts = np.array(self.class_set.counts, np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
         self.scan = Scan()
-        self._archives: dict[str, zipfile.ZipFile] = {}
+        self.worker: ImageWorker | None = None
+        self._images: np.ndarray | None = None
         if self.class_set.images is not None:
             self.mode = "generated"
             images = self.class_set.images
@@ -127,27 +90,26 @@ class EpisodeImages:
             self._images = flat.astype(np.float32, copy=False)
             return
         sources = [source for sources in self.class_set.files for source in sources]
+        boxes = None
+        if self.class_set.boxes is not None:
+            boxes = [box for class_boxes in self.class_set.boxes for box in class_boxes]
         self._sources = sources
-        size = len(sources) * self.image_size**2 * self.channels
-        in_archives = any(not isinstance(source, str) for source in sources)
-        self._encoded = [read_source(s, self._archives) for s in sources] if in_archives else None
-        # Decoding into the cache names any file TensorFlow cannot decode; streamed files
-        # are decoded only during training, so they are checked whole up front.
-        self._check_sources(decode=size > cache_bytes)
-        if size <= cache_bytes:
-            self.mode = "cached"
-            self._images = self._decode_all()
-        else:
-            self.mode = "streamed"
-            self._images = None
-        for archive in self._archives.values():
-            archive.close()
-        self._archives = {}
+        cached = self._cache_size(len(sources)) <= cache_bytes
+        self.mode = "cached" if cached else "streamed"
+        # The worker decodes every image once now (into its cache, or to check it when
+        # streamed), naming the first file that is missing, empty or undecodable.
+        self.worker = ImageWorker(sources, boxes, self.image_size, self.channels, cached)
+        self.scan = Scan(self.worker.grey, self.worker.colour)
+
+    def _cache_size(self, count: int) -> int:
+        return count * self.image_size**2 * self.channels
 
     @property
     def cached_bytes(self) -> int:
-        """Memory the images hold (0 when streamed)."""
-        return 0 if self._images is None else int(self._images.nbytes)
+        """Memory the images hold (0 when streamed), in the worker when cached."""
+        if self.mode == "generated":
+            return int(self._images.nbytes)
+        return self._cache_size(len(self._sources)) if self.mode == "cached" else 0
 
     @property
     def num_classes(self) -> int:
@@ -157,101 +119,47 @@ class EpisodeImages:
     def max_count(self) -> int:
         return int(self.counts.max()) if len(self.counts) else 0
 
-    def _bytes(self, index: int) -> bytes:
-        if self._encoded is not None:
-            return self._encoded[index]
-        return read_source(self._sources[index], self._archives)
+    def close(self) -> None:
+        """Stops the worker (file-based modes); idempotent. Episodes need it open."""
+        if self.worker is not None:
+            self.worker.close()
 
-    def _check_sources(self, decode: bool) -> None:
-        """Counts grey and colour images (converted to `channels`); with `decode`, all decode."""
-        for index, source in enumerate(self._sources):
-            if image_channels(self._bytes(index), describe_source(source), decode) == 1:
-                self.scan.grey += 1
-            else:
-                self.scan.colour += 1
+    def __enter__(self) -> EpisodeImages:
+        return self
 
-    def _decode_all(self) -> np.ndarray:
-        """Every image decoded once into a uint8 `[n, size, size, channels]` array."""
-        total = len(self._sources)
-        cache = np.empty((total, self.image_size, self.image_size, self.channels), np.uint8)
-        if self._encoded is None:
-            # Files: read and decoded in parallel by tf.data; a failure is named below.
-            files = tf.data.Dataset.from_tensor_slices(tf.constant(self._sources, tf.string))
-            decoded = files.map(
-                lambda path: decode(tf.io.read_file(path), self.channels, self.image_size),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
-            ).batch(256)
-            try:
-                position = 0
-                for batch in decoded:
-                    cache[position : position + len(batch)] = batch.numpy()
-                    position += len(batch)
-                return cache
-            except tf.errors.InvalidArgumentError:
-                pass
-        decode_one = tf.function(
-            lambda data: decode(data, self.channels, self.image_size),
-            input_signature=[tf.TensorSpec([], tf.string)],
-        )
-        for index in range(total):
-            try:
-                cache[index] = decode_one(tf.constant(self._bytes(index))).numpy()
-            except tf.errors.InvalidArgumentError as error:
-                where = describe_source(self._sources[index])
-                raise UsageError(
-                    f"{where}: TensorFlow cannot decode it ({error.message.splitlines()[0]})"
-                ) from None
-        return cache
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def statistics(self) -> tuple[float, float]:
         """Mean and standard deviation of the pixels, for normalisation.
 
         Generated arrays: over all of them. File images: over a fixed sample
         of `STATISTICS_SAMPLE` images (decoding all of a large set would cost
-        minutes).
+        minutes), computed by the worker.
         """
         if self.mode == "generated":
             return float(self._images.mean()), float(self._images.std()) or 1.0
         rng = np.random.default_rng(0)
         total = int(self.counts.sum())
         picked = np.sort(rng.choice(total, min(STATISTICS_SAMPLE, total), replace=False))
-        if self.mode == "cached":
-            sample = self._images[picked]
-        else:
-            sample = np.stack(
-                [
-                    decode(tf.constant(self._bytes(int(i))), self.channels, self.image_size)
-                    for i in picked
-                ]
-            )
-        values = sample.astype(np.float64) / 255.0
-        return float(values.mean()), float(values.std()) or 1.0
+        return self.worker.statistics(picked)
+
+    def pixels(self, flat_indices: np.ndarray) -> np.ndarray:
+        """uint8 images at `flat_indices` (any shape) from the worker, outside the graph."""
+        return self.worker.images(flat_indices)
 
     def images(self, flat_indices: tf.Tensor) -> tf.Tensor:
         """Float32 images in [0, 1] at `flat_indices` (any shape), inside the graph."""
         if self.mode == "generated":
             return tf.gather(self._constant(), flat_indices)
-        if self.mode == "cached":
-            # Gathered in numpy: the cache is held once, never copied into a tensor.
-            picked = tf.numpy_function(
-                lambda indices: self._images[indices], [flat_indices], tf.uint8, stateful=False
-            )
-            picked = tf.ensure_shape(
-                picked, [None] * len(flat_indices.shape) + list(self._images.shape[1:])
-            )
-            return tf.cast(picked, tf.float32) / 255.0
-        flat = tf.reshape(flat_indices, [-1])
-        encoded = tf.gather(self._sources_tensor(), flat)
-        decoded = tf.map_fn(
-            lambda item: decode(self._read(item), self.channels, self.image_size),
-            encoded,
-            fn_output_signature=tf.TensorSpec(
-                [self.image_size, self.image_size, self.channels], tf.uint8
-            ),
+        # Cached or streamed, the worker answers: the pixels never pass through a
+        # TensorFlow op before this cast, and the cache is never copied into a tensor.
+        picked = tf.numpy_function(self.pixels, [flat_indices], tf.uint8, stateful=False)
+        picked = tf.ensure_shape(
+            picked,
+            [None] * len(flat_indices.shape) + [self.image_size, self.image_size, self.channels],
         )
-        shape = tf.concat([tf.shape(flat_indices), tf.shape(decoded)[1:]], 0)
-        return tf.reshape(tf.cast(decoded, tf.float32) / 255.0, shape)
+        return tf.cast(picked, tf.float32) / 255.0
 
     def _constant(self) -> tf.Tensor:
         # Made eagerly (init_scope) once: every episode pipeline of every trial captures
@@ -260,18 +168,6 @@ class EpisodeImages:
             with tf.init_scope():
                 self._tensor = tf.convert_to_tensor(self._images)
         return self._tensor
-
-    def _sources_tensor(self) -> tf.Tensor:
-        # Streamed files are read per episode; archive members keep their encoded bytes.
-        if not hasattr(self, "_source_tensor"):
-            with tf.init_scope():
-                self._source_tensor = tf.constant(
-                    self._encoded if self._encoded is not None else self._sources, tf.string
-                )
-        return self._source_tensor
-
-    def _read(self, item: tf.Tensor) -> tf.Tensor:
-        return item if self._encoded is not None else tf.io.read_file(item)
 
     def info(self) -> dict[str, Any]:
         """What `dataset.json` records of this class set."""

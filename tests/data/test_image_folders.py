@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,8 +220,91 @@ def test_cub_refuses_a_class_with_no_images_and_malformed_lines(birds):
     _refused(cub.CUB, birds.root, "classes.txt line 9", "class id 3 repeats line 3")
 
 
-def test_cub_has_no_crop_option_until_the_pipeline_crops():
-    assert cub.CUB.OPTIONS == ()
+def test_cub_declares_crop_off_by_default_and_carries_no_boxes_without_it(birds):
+    assert [(o.name, o.type, o.default) for o in cub.CUB.OPTIONS] == [("crop", bool, False)]
+    splits = _load(cub.CUB, birds.root)
+    assert all(class_set.boxes is None for _, class_set in splits.items())
+
+
+def test_cub_crop_gives_each_image_its_box(birds):
+    splits = _load(cub.CUB, birds.root, crop=True)
+    _check_splits(splits, birds)
+    for _, class_set in splits.items():
+        for sources, boxes in zip(class_set.files, class_set.boxes):
+            assert boxes == [birds.boxes[Path(source)] for source in sources]
+    # Leaving classes out keeps every box with its image.
+    kept = splits.train.subset([2, 0])
+    assert kept.boxes == [splits.train.boxes[2], splits.train.boxes[0]]
+
+
+def _independent_crop(path, box, folder):
+    """The image cropped with PIL's own `crop` (box clipped to the image), saved losslessly."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        x, y, width, height = box
+        clipped = (max(0, x), max(0, y), min(image.width, x + width), min(image.height, y + height))
+        target = folder / f"{Path(path).stem}.png"
+        image.crop(clipped).save(target)
+    return str(target)
+
+
+def test_cub_cropped_pixels_equal_a_crop_made_independently(birds, tmp_path):
+    from metasearch.api import ClassSet
+    from metasearch.data.pipeline import EpisodeImages
+
+    train = _load(cub.CUB, birds.root, crop=True).train
+    folder = tmp_path / "cropped"
+    folder.mkdir()
+    files = [
+        [_independent_crop(source, box, folder) for source, box in zip(sources, boxes)]
+        for sources, boxes in zip(train.files, train.boxes)
+    ]
+    assert any(b[0] + b[2] > Image.open(f).width for f, b in birds.boxes.items())  # clipped
+    reference = ClassSet(None, train.names, files=files)
+    everything = np.arange(sum(train.counts))
+    with EpisodeImages(reference, 28, 3, 1, cache_bytes=2**26) as expected:
+        want = expected.pixels(everything)
+    for budget in (2**26, 0):  # cached and streamed
+        with EpisodeImages(train, 28, 3, 1, cache_bytes=budget) as cropped:
+            np.testing.assert_array_equal(cropped.pixels(everything), want)
+    whole = ClassSet(None, train.names, files=train.files)
+    with EpisodeImages(whole, 28, 3, 1, cache_bytes=2**26) as uncropped:
+        assert not np.array_equal(uncropped.pixels(everything), want)
+
+
+def test_cub_crop_refuses_a_missing_or_bad_bounding_boxes_file(birds):
+    path = birds.root / "bounding_boxes.txt"
+    lines = path.read_text().splitlines()
+    os.remove(path)
+    _load(cub.CUB, birds.root)  # not read without crop
+    _refused(cub.CUB, birds.root, "--cub_crop", path, "not found", crop=True)
+    path.write_text("\n".join(lines + ["999 1.0 2.0 3.0 4.0"]) + "\n")
+    _refused(
+        cub.CUB, birds.root, f"{path} line {len(lines) + 1}", "image 999", "images.txt", crop=True
+    )
+    path.write_text("\n".join(lines[:3] + ["4 1.0 2.0 wide 4.0"] + lines[4:]) + "\n")
+    _refused(cub.CUB, birds.root, f"{path} line 4", "four numbers", crop=True)
+    path.write_text("\n".join(lines[:3] + ["4 1.0 2.0 0.0 4.0"] + lines[4:]) + "\n")
+    _refused(cub.CUB, birds.root, f"{path} line 4", "above zero", crop=True)
+    path.write_text("\n".join(lines[:3] + lines[1:2] + lines[4:]) + "\n")
+    _refused(cub.CUB, birds.root, f"{path} line 4", "image id 2 repeats line 2", crop=True)
+    path.write_text("\n".join(lines[:3] + lines[4:]) + "\n")
+    _refused(cub.CUB, birds.root, "images.txt line 4", "image 4 has no box", path, crop=True)
+
+
+def test_cub_crop_refuses_a_box_holding_none_of_its_image(birds):
+    from metasearch.data.pipeline import EpisodeImages
+
+    path = birds.root / "bounding_boxes.txt"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(["1 500.0 3.0 10.0 10.0"] + lines[1:]) + "\n")
+    train = _load(cub.CUB, birds.root, crop=True).train
+    victim = train.files[0][0]
+    for budget in (2**26, 0):
+        with pytest.raises(UsageError) as caught:
+            EpisodeImages(train, 28, 3, 1, cache_bytes=budget)
+        message = str(caught.value)
+        assert victim in message and "holds none of the" in message and "\n" not in message
 
 
 # Meta-Album

@@ -1,6 +1,13 @@
 """The episode pipeline: uneven classes, files cached or streamed, faults named."""
 
+import concurrent.futures
+import gc
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 
 import numpy as np
@@ -9,7 +16,7 @@ from PIL import Image
 
 from metasearch.api import ClassSet, ClassSplits, DatasetOptions
 from metasearch.config import RunConfig
-from metasearch.data import episodes, omniglot
+from metasearch.data import episodes, image_worker, omniglot, preprocess
 from metasearch.data.pipeline import EpisodeImages
 from metasearch.errors import UsageError
 from metasearch.tasks import check_episode_shapes, kind_of
@@ -179,3 +186,145 @@ def test_a_truncated_jpeg_is_named_cached_or_streamed(tmp_path):
     for budget in (2**30, 0):
         with pytest.raises(UsageError, match=re.escape(str(bad))):
             EpisodeImages(class_set, 8, 3, min_images=2, cache_bytes=budget)
+
+
+# The image worker: a TensorFlow-free process per file-based class set.
+
+
+def test_the_image_worker_imports_neither_tensorflow_nor_keras():
+    code = (
+        "import sys, metasearch.data.image_worker; "
+        "assert not {'tensorflow', 'keras'} & set(sys.modules), sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "shape", [(84, 84), (75, 100), (96, 64), (120, 120), (375, 500), (40, 30), (1, 7), (200, 3)]
+)
+def test_the_area_resize_is_tensorflows_but_for_exact_halves(shape):
+    rng = np.random.default_rng(sum(shape))
+    pixels = rng.integers(0, 256, (*shape, 3)).astype(np.uint8)
+    ours = image_worker.resize_area(pixels, 28)
+    means = image_worker._area_axis(
+        image_worker._area_axis(pixels.astype(np.float64), 28, 0), 28, 1
+    )
+    theirs = np.round(preprocess.resize(pixels[None] / 255.0, 28)[0].numpy() * 255.0)
+    assert ours.shape == (28, 28, 3) and ours.dtype == np.uint8
+    differ = ours != theirs
+    assert np.abs(ours.astype(np.float64) - theirs).max() <= 1
+    # Where TensorFlow's float32 arithmetic rounds the other way, the mean is exactly a half.
+    np.testing.assert_allclose(means[differ] % 1.0, 0.5, atol=1e-9)
+    assert differ.mean() < 0.06
+
+
+def test_file_pixels_are_pils_decode_resized_as_the_exported_model_resizes(tmp_path):
+    class_set = _write_class_folders(tmp_path, [3, 4])
+    with EpisodeImages(class_set, 8, 3, min_images=3, cache_bytes=2**30) as images:
+        got = images.pixels(np.arange(7))
+    sources = [source for sources in class_set.files for source in sources]
+    for pixels, source in zip(got, sources):
+        decoded = np.asarray(Image.open(source).convert("RGB"), np.float32)[None] / 255.0
+        expected = np.round(preprocess.resize(decoded, 8)[0].numpy() * 255.0)
+        assert np.abs(pixels.astype(np.float64) - expected).max() <= 1, source
+
+
+def test_archive_members_give_the_pixels_of_the_files(tmp_path):
+    class_set = _write_class_folders(tmp_path / "files", [3, 4])
+    archive = tmp_path / "images.zip"
+    members = []
+    with zipfile.ZipFile(archive, "w") as zf:
+        for sources in class_set.files:
+            members.append([])
+            for source in sources:
+                name = os.path.relpath(source, tmp_path / "files")
+                zf.write(source, name)
+                members[-1].append((str(archive), name))
+    zipped = ClassSet(None, class_set.names, files=members)
+    everything = np.arange(7)
+    with EpisodeImages(class_set, 8, 3, 3, cache_bytes=2**30) as files:
+        want = files.pixels(everything)
+    for budget in (2**30, 0):
+        with EpisodeImages(zipped, 8, 3, 3, cache_bytes=budget) as images:
+            np.testing.assert_array_equal(images.pixels(everything), want)
+            assert (images.scan.grey, images.scan.colour) == (3, 4)
+
+
+def test_a_missing_file_is_named_cached_or_streamed(tmp_path):
+    class_set = _write_class_folders(tmp_path, [3, 3])
+    gone = class_set.files[1][2]
+    os.remove(gone)
+    for budget in (2**30, 0):
+        with pytest.raises(UsageError, match=re.escape(f"{gone}: cannot read it")) as caught:
+            EpisodeImages(class_set, 8, 3, min_images=2, cache_bytes=budget)
+        assert "\n" not in str(caught.value)
+
+
+def test_statistics_are_those_of_the_pixels(tmp_path):
+    class_set = _write_class_folders(tmp_path, [3, 5, 4])
+    for budget in (2**30, 0):
+        with EpisodeImages(class_set, 8, 3, min_images=3, cache_bytes=budget) as images:
+            values = images.pixels(np.arange(12)).astype(np.float64) / 255.0
+            mean, std = images.statistics()
+            assert mean == pytest.approx(values.mean(), rel=1e-12)
+            assert std == pytest.approx(values.std(), rel=1e-12)
+
+
+def test_parallel_requests_each_get_their_own_images(tmp_path):
+    class_set = _write_class_folders(tmp_path, [4, 4, 4])
+    with EpisodeImages(class_set, 8, 3, min_images=3, cache_bytes=0) as images:
+        single = images.pixels(np.arange(12))
+        picks = [np.random.default_rng(i).integers(0, 12, (3, 5)) for i in range(24)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(images.pixels, picks))
+    for pick, answer in zip(picks, answers):
+        np.testing.assert_array_equal(answer, single[pick])
+
+
+def _gone(pid: int, seconds: float = 30.0) -> bool:
+    """The process has exited (gone, or a zombie its new parent has yet to reap)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                state = handle.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_closing_or_collecting_the_images_stops_and_reaps_the_worker(tmp_path):
+    class_set = _write_class_folders(tmp_path, [3, 3])
+    images = EpisodeImages(class_set, 8, 3, min_images=2, cache_bytes=2**30)
+    process = images.worker._process
+    assert process.is_alive() and process.daemon
+    images.close()
+    assert process.exitcode == 0 and not images.worker.alive
+    images.close()  # idempotent
+    with pytest.raises(image_worker.WorkerError, match="closed"):
+        images.pixels(np.arange(2))
+    images = EpisodeImages(class_set, 8, 3, min_images=2, cache_bytes=0)
+    process = images.worker._process
+    del images
+    gc.collect()
+    assert process.exitcode == 0  # joined: no zombie left
+
+
+def test_the_worker_exits_when_its_parent_dies(tmp_path):
+    class_set = _write_class_folders(tmp_path, [3, 3])
+    sources = [source for sources in class_set.files for source in sources]
+    script = (
+        "import os, signal, sys\n"
+        "from metasearch.data.image_worker import ImageWorker\n"
+        f"worker = ImageWorker({sources!r}, None, 8, 3, cached=True)\n"
+        "print(worker.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    parent = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert parent.returncode == -signal.SIGKILL, parent.stderr
+    assert _gone(int(parent.stdout.split()[0]))
