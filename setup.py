@@ -47,7 +47,10 @@ setup(
             "pytest>=7,<9.2",
             "pytest-xdist>=3",
             "ruff>=0.5",
-        ]
+        ],
+        # benchmarks/peers: the PyTorch peer of benchmarks/throughput.py --peers. Never a
+        # dependency of metasearch; better kept in a separate environment (see its README).
+        "peers": ["torch"],
     },
     entry_points={
         "console_scripts": ["metasearch = metasearch.cli:run"],

@@ -12,9 +12,18 @@ graph mode and for XLA (`jit_compile=True`), and which mode
 * `--handwritten`: a plain hand-written TF second-order MAML step on the same
   episodes, the baseline the MAML target was set against (about 4.2 tasks/s
   when it was set).
+* `--peers`: the same three steps in eager PyTorch (`benchmarks/peers/`, run
+  as a subprocess with `--peers_python`, a Python that has PyTorch; never a
+  dependency of metasearch), timed the same way with as many threads as
+  TensorFlow uses, right after metasearch's own measurement of each step; a
+  `peers` key then holds per step metasearch's default-mode rate, PyTorch's
+  and their ratio, each step's share of the CPU's fp32 matmul peak (measured
+  here), both sides' first loss, the peer's MAML gradient check and the load
+  average before and after. See benchmarks/peers/README.md.
 
     python benchmarks/throughput.py [--only all|protonet|maml] [--handwritten]
         [--episodes 300] [--maml_tasks 60] [--repeats 3]
+        [--peers [--peers_python /work/peers_venv/bin/python]]
 """
 
 from __future__ import annotations
@@ -23,25 +32,41 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+PEERS = Path(__file__).resolve().parent / "peers"
 
-from metasearch.api import DatasetOptions, TaskSpec  # noqa: E402
-from metasearch.data import episodes  # noqa: E402
-from metasearch.data.glyphs import Glyphs  # noqa: E402
-from metasearch.data.preprocess import normalize  # noqa: E402
-from metasearch.plugins.maml import FOMAML, MAML  # noqa: E402
-from metasearch.plugins.protonet import PrototypicalNetworks  # noqa: E402
-from metasearch.search_spaces.conv_blocks import ConvBlocks  # noqa: E402
-from metasearch.training import MetaTrainer, resolve_jit_compile  # noqa: E402
+
+def _import_tensorflow() -> None:
+    """TensorFlow and metasearch, imported once the arguments are parsed (`--help` is instant)."""
+    global keras, tf, DatasetOptions, TaskSpec, episodes, Glyphs, normalize
+    global FOMAML, MAML, PrototypicalNetworks, ConvBlocks, MetaTrainer, resolve_jit_compile
+    global estimate_flops, np
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from metasearch.api import DatasetOptions, TaskSpec
+    from metasearch.data import episodes
+    from metasearch.data.glyphs import Glyphs
+    from metasearch.data.preprocess import normalize
+    from metasearch.flops import estimate_flops
+    from metasearch.plugins.maml import FOMAML, MAML
+    from metasearch.plugins.protonet import PrototypicalNetworks
+    from metasearch.search_spaces.conv_blocks import ConvBlocks
+    from metasearch.training import MetaTrainer, resolve_jit_compile
+
 
 CONV4_64 = {"depth": 4, "filters": 64, "growth": 1.0}
 N_WAY, K_SHOT, N_QUERY = 5, 1, 15
 PROTONET_TARGET = 15.0
+PROTONET_WARMUP = 30
 MAML_TARGET = 5.0
 # A plain hand-written TF graph step measured this when the MAML target was set.
 MAML_HANDWRITTEN_REFERENCE = 4.2
@@ -74,8 +99,20 @@ def _rates(step, count: int, repeats: int) -> dict:
     }
 
 
-def measure(make_learner, jit_compile: bool, splits, count: int, repeats: int, warmup: int):
-    """Rates of `MetaTrainer.train` for the learner `make_learner(backbone, task)` builds."""
+def measure(
+    make_learner,
+    jit_compile: bool,
+    splits,
+    count: int,
+    repeats: int,
+    warmup: int,
+    losses: list | None = None,
+):
+    """Rates of `MetaTrainer.train` for the learner `make_learner(backbone, task)` builds.
+
+    With a `losses` list, the warm-up reads back every step's loss into it
+    (the first is the loss at initialisation, to set beside the peer's).
+    """
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     task = TaskSpec(N_WAY, K_SHOT, N_QUERY, (28, 28, 1))
@@ -92,18 +129,34 @@ def measure(make_learner, jit_compile: bool, splits, count: int, repeats: int, w
         splits.train, N_WAY, K_SHOT, N_QUERY, 0, episodes.TRAIN_STREAM
     )
     trainer.build(next(iter(stream)))
-    trainer.train(stream, warmup)  # trace, compile and warm the pipeline
+    if losses is None:
+        trainer.train(stream, warmup)  # trace, compile and warm the pipeline
+    else:
+        trainer.train(stream, warmup, lambda _, loss, __: losses.append(loss), check_every=1)
     return _rates(lambda n: trainer.train(stream, n), count, repeats)
 
 
-def protonet(splits, args) -> dict:
-    """ProtoNet episodes/s in both modes (the original benchmark's keys)."""
+def protonet(splits, args, first_losses: dict | None = None) -> dict:
+    """ProtoNet episodes/s in both modes (the original benchmark's keys).
+
+    `first_losses` (with --peers) receives each mode's warm-up losses.
+    """
 
     def make(backbone, task):
         return PrototypicalNetworks(backbone, {"metric": "sqeuclidean", "embedding_dim": 0}, task)
 
+    losses = {} if first_losses is None else first_losses.setdefault("protonet", {})
     graph, xla = (
-        measure(make, jit, splits, args.episodes, args.repeats, 30) for jit in (False, True)
+        measure(
+            make,
+            jit,
+            splits,
+            args.episodes,
+            args.repeats,
+            PROTONET_WARMUP,
+            None if first_losses is None else losses.setdefault(mode, []),
+        )
+        for mode, jit in (("graph_mode", False), ("xla", True))
     )
     graph, xla = (
         {
@@ -127,8 +180,11 @@ def protonet(splits, args) -> dict:
     }
 
 
-def maml(splits, args) -> dict:
-    """MAML (second order) and FOMAML tasks/s in both modes, and the optional baseline."""
+def maml(splits, args, first_losses: dict | None = None) -> dict:
+    """MAML (second order) and FOMAML tasks/s in both modes, and the optional baseline.
+
+    `first_losses` (with --peers) receives each learner's and mode's warm-up losses.
+    """
     results = {}
     for name, cls in (("maml_second_order", MAML), ("fomaml_first_order", FOMAML)):
         for mode, jit in (("graph_mode", False), ("xla", True)):
@@ -139,6 +195,9 @@ def maml(splits, args) -> dict:
                 args.maml_tasks,
                 args.repeats,
                 args.warmup,
+                None
+                if first_losses is None
+                else first_losses.setdefault(name, {}).setdefault(mode, []),
             )
             results.setdefault(name, {})[mode] = _as_tasks(rates)
     default = results["maml_second_order"][_auto_name()]["tasks_per_second"]
@@ -239,7 +298,229 @@ def _auto_name() -> str:
     return "xla" if resolve_jit_compile("auto") else "graph_mode"
 
 
-def main():
+# --- the PyTorch peer (--peers) ---------------------------------------------
+
+PEER_TARGET_RATIOS = {"protonet": 2.0, "maml_second_order": 1.5, "fomaml_first_order": 1.5}
+PROTONET_PEAK_SHARE_TARGET = 0.5
+# Episodes handed to the peer: the first ones of metasearch's stream, cycled.
+PEER_EPISODE_POOL = 50
+FLOPS_METHOD = (
+    "f = metasearch.flops.estimate_flops of conv4-64's forward pass on one 28x28x1 image "
+    "(TensorFlow's op statistics: convolutions, bias, batch norm, pooling; a multiply-add is "
+    "2 FLOPs), plus MAML's 64x5 head. A training pass (forward, then input and weight "
+    "gradients) counts 3f per image; differentiating through an inner step's forward and "
+    "backward again (second order) counts twice that, 9f per support image. ProtoNet: 3f x "
+    "(5 + 75) images. MAML: 5 inner steps x 9f x 5 support images + 3f x 75 queries; FOMAML: "
+    "5 x 3f x 5 + 3f x 75. The share of the peak is rate x FLOPs per step / the fp32 matmul "
+    "GFLOP/s measured in TensorFlow here."
+)
+
+
+def tensorflow_threads() -> dict:
+    """TensorFlow's thread-pool settings (0: one thread per schedulable core) and their effect."""
+    cores = len(os.sched_getaffinity(0))
+    intra = tf.config.threading.get_intra_op_parallelism_threads()
+    inter = tf.config.threading.get_inter_op_parallelism_threads()
+    return {
+        "intra_op_setting": intra,
+        "inter_op_setting": inter,
+        "intra_op": intra or cores,
+        "inter_op": inter or cores,
+        "cores_available": cores,
+    }
+
+
+def matmul_gflops(size: int = 2048, count: int = 10, repeats: int = 3) -> float:
+    """Best fp32 GFLOP/s of `count` chained `size`-square TensorFlow matmuls (2 n^3 FLOPs each)."""
+    a = tf.random.normal([size, size], seed=0)
+    b = tf.random.normal([size, size], seed=1) / size**0.5
+    tf.matmul(a, b).numpy()  # warm up
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        c = a
+        for _ in range(count):
+            c = tf.matmul(c, b)
+        float(c[0, 0])
+        best = max(best, 2.0 * size**3 * count / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def flops_per_step() -> dict:
+    """Analytic FLOPs of each meta-training step, from metasearch's count of the forward pass."""
+    task = TaskSpec(N_WAY, K_SHOT, N_QUERY, (28, 28, 1))
+    keras.backend.clear_session()
+    forward = estimate_flops(ConvBlocks().build(CONV4_64, task.image_shape), task.image_shape)
+    features = CONV4_64["filters"]  # 28 -> 14 -> 7 -> 3 -> 1 after four poolings
+    with_head = forward + 2 * features * N_WAY + N_WAY
+    support, query = N_WAY * K_SHOT, N_WAY * N_QUERY
+    steps = MAML_CONFIG["inner_steps"]
+    return {
+        "forward_flops_per_image": forward,
+        "forward_flops_per_image_with_head": with_head,
+        "protonet": 3 * forward * (support + query),
+        "maml_second_order": (steps * 9 * support + 3 * query) * with_head,
+        "fomaml_first_order": (steps * 3 * support + 3 * query) * with_head,
+        "method": FLOPS_METHOD,
+    }
+
+
+def write_peer_episodes(splits, path: str) -> None:
+    """The first episodes of metasearch's training stream, with the normalisation, as `.npz`."""
+    stream = episodes.episode_dataset(
+        splits.train, N_WAY, K_SHOT, N_QUERY, 0, episodes.TRAIN_STREAM
+    )
+    drawn = [e._asdict() for e in stream.take(PEER_EPISODE_POOL)]
+    images = splits.train.images
+    arrays = {key: np.stack([e[key].numpy() for e in drawn]) for key in drawn[0]}
+    np.savez(path, mean=float(images.mean()), std=float(images.std()), **arrays)
+
+
+class Peer:
+    """The PyTorch peer: benchmarks/peers/run.py, run by `--peers_python` as a subprocess.
+
+    Made before metasearch is measured: it writes the episodes the peer
+    trains on into `folder`, runs the peer's MAML gradient check and matmul
+    peak (so that a Python without PyTorch fails before minutes of
+    measuring) and measures TensorFlow's matmul peak. `time` then times
+    steps right after metasearch's own measurement of them; `section` is the
+    report's `peers` key.
+    """
+
+    # The peer's step names, and this benchmark's.
+    NAMES = {
+        "protonet": "protonet",
+        "maml": "maml_second_order",
+        "fomaml": "fomaml_first_order",
+    }
+
+    def __init__(self, args, splits, folder: str):
+        self.args = args
+        self.load_before = os.getloadavg()
+        self.threads = tensorflow_threads()
+        self.episodes_npz = os.path.join(folder, "episodes.npz")
+        write_peer_episodes(splits, self.episodes_npz)
+        self.info = self._run(["check", "matmul"], 1, 1, 1)
+        self.peak = matmul_gflops()
+        self.flops = flops_per_step()
+        self.runs: dict[str, dict] = {}
+
+    def _run(self, steps, count: int, repeats: int, warmup: int) -> dict:
+        command = [self.args.peers_python, str(PEERS / "run.py")]
+        command += ["--threads", str(self.threads["intra_op"])]
+        command += ["--interop_threads", str(self.threads["inter_op"])]
+        command += ["--episodes_npz", self.episodes_npz]
+        command += ["--count", str(count), "--repeats", str(repeats), "--warmup", str(warmup)]
+        for step in steps:
+            command += ["--step", step]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=PEERS)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+            sys.exit(
+                f"throughput.py --peers: the PyTorch peer ({self.args.peers_python}) failed: "
+                f"{lines[-1]}"
+            )
+        return json.loads(done.stdout)
+
+    def time(self, steps, count: int, warmup: int) -> None:
+        """Times the peer's `steps` as metasearch's: `count` steps per run, same repeats."""
+        result = self._run(steps, count, self.args.repeats, warmup)
+        for step in steps:
+            self.runs[self.NAMES[step]] = result[step]
+
+    def section(self, report: dict, first_losses: dict) -> dict:
+        """The `peers` key: versions, threads, peaks, FLOPs and the per-step comparison."""
+        args = self.args
+        return {
+            "tensorflow": tf.__version__,
+            "pytorch": self.info["torch"],
+            "peers_python": args.peers_python,
+            "metasearch_mode": _auto_name(),
+            "threads": {"tensorflow": self.threads, "pytorch": self.info["threads"]},
+            "timed_steps_per_run": {"protonet": args.episodes, "maml": args.maml_tasks},
+            "warmup_steps": {"protonet": PROTONET_WARMUP, "maml": args.warmup},
+            "repeats": args.repeats,
+            "matmul_gflops_fp32": {
+                "tensorflow": self.peak,
+                "pytorch": self.info["matmul_gflops"],
+                "size": 2048,
+            },
+            "flops_per_step": self.flops,
+            "steps": self._compare(report, first_losses),
+            "pytorch_maml_gradient_check": self.info["maml_gradient_check"],
+            "load_average_1_5_15_min": {"before": self.load_before, "after": os.getloadavg()},
+            # Under load PyTorch's OpenMP threads spin-wait and its rates collapse far more
+            # than TensorFlow's (seen: 40-70x against 3-6x at a load of 10 on 2 cores): compare
+            # only runs that started quiet.
+            "quiet_before": self.load_before[0] < 0.5 * self.threads["cores_available"],
+        }
+
+    def _compare(self, report: dict, first_losses: dict) -> dict:
+        """Per step: metasearch's default-mode rate beside PyTorch's, ratios, peak shares."""
+        mode = _auto_name()
+        ours = {}
+        if "protonet" in self.runs:
+            r = report[mode]
+            ours["protonet"] = (
+                "episodes/s",
+                r["episodes_per_second"],
+                r["best"],
+                r["cpu_seconds_per_episode"],
+            )
+        for name in ("maml_second_order", "fomaml_first_order"):
+            if name in self.runs:
+                r = report["maml"][name][mode]
+                ours[name] = (
+                    "tasks/s",
+                    r["tasks_per_second"],
+                    r["best"],
+                    r["cpu_seconds_per_task"],
+                )
+        steps = {}
+        for name, (unit, rate, best, cpu) in ours.items():
+            theirs = self.runs[name]
+            gflop = self.flops[name] / 1e9
+            losses = first_losses.get(name, {}).get(mode, [])
+            ratio = rate / theirs["steps_per_second"]
+            steps[name] = {
+                "unit": unit,
+                "metasearch": rate,
+                "pytorch": theirs["steps_per_second"],
+                "ratio": ratio,
+                "target_ratio": PEER_TARGET_RATIOS[name],
+                "meets_target": ratio >= PEER_TARGET_RATIOS[name],
+                "best": {
+                    "metasearch": best,
+                    "pytorch": theirs["best"],
+                    "ratio": best / theirs["best"],
+                },
+                "pytorch_all_runs": theirs["all_runs"],
+                # CPU seconds (all threads) per step vary less than rates on a shared machine.
+                "cpu_seconds_per_step": {
+                    "metasearch": cpu,
+                    "pytorch": theirs["cpu_seconds_per_step"],
+                    "pytorch_over_metasearch": theirs["cpu_seconds_per_step"] / cpu,
+                },
+                "gflop_per_step": gflop,
+                "share_of_matmul_peak": {
+                    "metasearch": rate * gflop / self.peak,
+                    "pytorch": theirs["steps_per_second"] * gflop / self.peak,
+                },
+                # At initialisation on the same first episode (weights drawn alike, not equal).
+                "first_loss": {
+                    "metasearch": losses[0] if losses else None,
+                    "pytorch": theirs["first_loss"],
+                },
+                "pytorch_load_average_1_5_15_min": theirs["load_average_1_5_15_min"],
+            }
+        if "protonet" in steps:
+            share = steps["protonet"]["share_of_matmul_peak"]
+            share["target"] = PROTONET_PEAK_SHARE_TARGET
+            share["meets_target"] = share["metasearch"] >= PROTONET_PEAK_SHARE_TARGET
+        return steps
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("all", "protonet", "maml"), default="all")
     parser.add_argument("--episodes", type=int, default=300, help="ProtoNet episodes per run")
@@ -251,7 +532,23 @@ def main():
         action="store_true",
         help="also time a plain hand-written TF second-order MAML step",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also time the same steps in eager PyTorch (benchmarks/peers/) and report ratios",
+    )
+    parser.add_argument(
+        "--peers_python",
+        default=os.environ.get("METASEARCH_PEERS_PYTHON", sys.executable),
+        help="a Python with PyTorch that runs the peer (default: $METASEARCH_PEERS_PYTHON, "
+        "else this one), e.g. /work/peers_venv/bin/python",
+    )
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
+    _import_tensorflow()
     splits = Glyphs(DatasetOptions(None, 28, 0, {"classes": 300})).load()
     load_before = os.getloadavg()
     report = {
@@ -260,10 +557,19 @@ def main():
         "machine": platform.machine(),
         "tensorflow": tf.__version__,
     }
-    if args.only in ("all", "protonet"):
-        report.update(protonet(splits, args))
-    if args.only in ("all", "maml"):
-        report["maml"] = maml(splits, args)
+    with tempfile.TemporaryDirectory(prefix="metasearch_peers_") as folder:
+        peer = Peer(args, splits, folder) if args.peers else None
+        first_losses = {} if peer else None
+        if args.only in ("all", "protonet"):
+            report.update(protonet(splits, args, first_losses))
+            if peer:
+                peer.time(["protonet"], args.episodes, PROTONET_WARMUP)
+        if args.only in ("all", "maml"):
+            report["maml"] = maml(splits, args, first_losses)
+            if peer:
+                peer.time(["maml", "fomaml"], args.maml_tasks, args.warmup)
+        if peer:
+            report["peers"] = peer.section(report, first_losses)
     # The machine may be shared: the load average says how far to trust the rates.
     report["load_average_1_5_15_min"] = {"before": load_before, "after": os.getloadavg()}
     print(json.dumps(report, indent=2))
