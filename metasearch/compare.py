@@ -52,7 +52,7 @@ def summary(run: RunView) -> dict[str, str]:
         "search space": str(config.get("search_space")),
         "dataset": str(config.get("dataset")) if config.get("evaluator") != "table" else "-",
         "strategy": str(config.get("strategy")),
-        "trials": f"{done}/{config.get('max_trials', len(run.results))}",
+        "trials": f"{done}/{config.get('max_trials') or len(run.results)}",
         "state": run.state,
         "best": "-",
         "score (95% CI)": "-",

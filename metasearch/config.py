@@ -30,6 +30,7 @@ IDENTITY_FIELDS = (
     "evaluator",
     "table",
     "table_column",
+    "table_ops",
     "max_params",
     "fix_hparams",
     "episodes_per_trial",
@@ -42,11 +43,44 @@ IDENTITY_FIELDS = (
     "meta_batch_size",
     "image_size",
     "seed",
+    "start_from_default",
     "dataset_options",
     "strategy_options",
     "space_options",
     "plugin_options",
 )
+
+
+# Trials a search runs when neither --max_trials nor --time_budget is given.
+DEFAULT_MAX_TRIALS = 4
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | float | int, flag: str = "--time_budget") -> float:
+    """Seconds in a duration users write: `90s`, `30m`, `2h`, `1h30m`, or plain seconds.
+
+    Raises `ValueError` naming `flag` for anything else or a duration <= 0.
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        rest, seconds = str(text).strip().lower(), 0.0
+        try:
+            seconds = float(rest)
+            rest = ""
+        except ValueError:
+            pass
+        while rest:
+            number = ""
+            while rest and (rest[0].isdigit() or rest[0] == "."):
+                number, rest = number + rest[0], rest[1:]
+            unit, rest = rest[:1], rest[1:]
+            if not number or unit not in _DURATION_UNITS:
+                raise ValueError(f"{flag}: {text!r} is not a duration (e.g. 90s, 30m, 2h, 1h30m)")
+            seconds += float(number) * _DURATION_UNITS[unit]
+    if not seconds > 0:
+        raise ValueError(f"{flag}: {text!r} is not a positive duration")
+    return seconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +93,16 @@ class RunConfig:
     rule; it is folded into `fix_hparams` when the job starts. `cache_memory`
     (MiB) bounds the decoded images kept in memory; class sets that do not fit
     are decoded per episode instead (same episodes, slower).
+    A trial writes a checkpoint to resume from every `checkpoint_seconds` of
+    training (0: never); a rerun goes on from it (not part of the identity).
+
+    `time_budget` (`"30m"`, `"2h"`, see `parse_duration`) bounds the whole
+    job, search and final phase together; without it `max_trials` (default
+    4) bounds the search. `start_from_default` makes the first trial the
+    default configuration. The final phase trains the `final_top_k` best
+    candidates further (with the last `final_share` of the time budget, or
+    `final_episodes` episodes, default `episodes_per_trial`, without one),
+    then scores the chosen one on `test_episodes` meta-test episodes.
     """
 
     dataset: str = "glyphs"
@@ -69,10 +113,13 @@ class RunConfig:
     evaluator: str = "train"
     table: str | None = None
     table_column: str = "cifar10_val"
+    table_ops: list[str] | None = None
     max_params: int | None = None
     fix_hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     inner_optimizer: str | None = None
-    max_trials: int = 4
+    max_trials: int | None = None
+    time_budget: str | None = None
+    start_from_default: bool = True
     episodes_per_trial: int = 500
     eval_episodes: int = 200
     n_way: int = 5
@@ -81,6 +128,7 @@ class RunConfig:
     train_n_way: int | None = None
     augment: str = "none"
     meta_batch_size: int = 1
+    checkpoint_seconds: int = 120
     image_size: int = 28
     seed: int = 0
     output_dir: str = "runs/metasearch"
@@ -93,10 +141,16 @@ class RunConfig:
     strategy_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     space_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     plugin_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    final_top_k: int = 1
+    final_share: float = 0.25
+    final_episodes: int | None = None
+    test_episodes: int = 1000
 
     def __post_init__(self):
         if self.train_n_way is None:
             object.__setattr__(self, "train_n_way", self.n_way)
+        if self.max_trials is None and self.time_budget is None:
+            object.__setattr__(self, "max_trials", DEFAULT_MAX_TRIALS)
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with `changes` applied."""
@@ -146,7 +200,7 @@ def flagfile_text(config: RunConfig) -> str:
         name, value = field.name, values[field.name]
         if name in _NOT_REPEATED or value is None:
             continue
-        if name in ("table", "table_column") and config.evaluator != "table":
+        if name in ("table", "table_column", "table_ops") and config.evaluator != "table":
             continue
         if name in OPTION_FIELDS:
             prefix = values[OPTION_FIELDS[name]]
@@ -181,6 +235,12 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
 # Flags a rerun into the same output directory may change (not part of the run's identity).
 _NOT_IDENTITY_FLAGS = (
     "max_trials",
+    "checkpoint_seconds",
+    "time_budget",
+    "final_top_k",
+    "final_share",
+    "final_episodes",
+    "test_episodes",
     "output_dir",
     "jit_compile",
     "progress",

@@ -18,19 +18,22 @@ from typing import Any, TextIO
 
 import keras_tuner
 
-from metasearch import distributed, html_report, interrupts, plots, report, strategies
+from metasearch import distributed, final, html_report, interrupts, plots, report, strategies
+from metasearch.budget import TimeBudget
 from metasearch.config import RunConfig
-from metasearch.errors import Interrupted, SearchFailedError
+from metasearch.errors import Interrupted, MetasearchError, SearchFailedError
 from metasearch.export import export_kinds
 from metasearch.job import Job, derived_seed
 from metasearch.progress import Progress
 from metasearch.rundir import (
+    BUDGET_FILE,
     FINISHED,
     LEADERBOARD_FILE,
     PROGRESS_PICTURE,
     FinishedRun,
     RunLock,
     best_trial,
+    read_json,
 )
 from metasearch.tuner import FewShotTuner
 
@@ -60,9 +63,12 @@ class SearchResult:
 
 
 def make_oracle(job: Job) -> keras_tuner.Oracle:
-    """The job's `--strategy` oracle, seeded from `--seed`, able to serve a distributed search."""
+    """The job's `--strategy` oracle, seeded from `--seed`, able to serve a distributed search.
+
+    A trained search starts from the default configuration (`--start_from_default`).
+    """
     config = job.config
-    return strategies.make_oracle(
+    oracle = strategies.make_oracle(
         config.strategy,
         objective=keras_tuner.Objective(*job.objective),
         max_trials=config.max_trials,
@@ -70,6 +76,8 @@ def make_oracle(job: Job) -> keras_tuner.Oracle:
         hyperparameters=job.fixed,
         options=config.strategy_options,
     )
+    oracle.start_from_default = job.trains and config.start_from_default
+    return oracle
 
 
 def search(config: RunConfig, out: TextIO = sys.stdout) -> SearchResult:
@@ -102,11 +110,16 @@ def _search(job: Job, role: str, out: TextIO) -> SearchResult:
     config = job.config
     if role != "worker":
         job.start()
+    budget = job_budget(job)
     progress = Progress(
-        config.max_trials, enabled=config.progress, stream=out, metric=job.kind.metric
+        config.max_trials,
+        enabled=config.progress,
+        stream=out,
+        metric=job.kind.metric,
+        budget=budget,
     )
     oracle = make_oracle(job)
-    tuner = FewShotTuner(job, oracle, progress)
+    tuner = FewShotTuner(job, oracle, progress, budget)
     done = 0
     if role != "worker":
         done = sum(
@@ -122,9 +135,16 @@ def _search(job: Job, role: str, out: TextIO) -> SearchResult:
         for trial_id, why in job.run_dir.damaged_trials().items():
             out.write(f"note: trial {trial_id} {why}; the search goes on without it\n")
     progress.search_started(config, job.jit_compile, done=done, role=role)
+    final_record = None
     try:
         with interrupts.watch():
             tuner.search()
+            if role != "worker":
+                _report_search_end(job, oracle, out)
+            if role != "worker" and job.trains:
+                results, _ = report.write_results(job.run_dir, config.to_json())
+                with interrupts.interruptible():
+                    final_record = final_phase(job, results, budget, out)
     except KeyboardInterrupt:
         results, _ = report.write_results(job.run_dir, config.to_json())
         ended = sum(1 for r in results if r["status"] in FINISHED)
@@ -138,14 +158,8 @@ def _search(job: Job, role: str, out: TextIO) -> SearchResult:
         out.write(f"worker {tuner.tuner_id}: no trials left\n")
         out.flush()
         return result
-    if oracle.rejected:
-        out.write(
-            f"{len(oracle.rejected)} candidates over --max_params were rejected before training\n"
-        )
-    if oracle.stop_reason:
-        out.write(f"search stopped early: {oracle.stop_reason}\n")
     failure = search_failure(results, oracle)
-    out.write("\n" + board)
+    out.write("\n" + board)  # with the final phase's meta-test numbers at its end
     picture = job.run_dir.file(PROGRESS_PICTURE)
     scored_by = config.plugin if job.trains else f"table {config.table_column}"
     plots.plot_search_progress(
@@ -169,7 +183,8 @@ def _search(job: Job, role: str, out: TextIO) -> SearchResult:
             report=lambda line: out.write(f"note: {line}\n"),
         )
         result.export_dir = paths["learner"]
-        out.write(f"Best learner exported to {paths['learner']}\n")
+        what = "Final learner" if final_record is not None else "Best learner"
+        out.write(f"{what} exported to {paths['learner']}\n")
         if has_cells:
             result.cell_export_dir = paths["cell"]
             out.write(f"Best cell exported to {paths['cell']}\n")
@@ -182,6 +197,62 @@ def _search(job: Job, role: str, out: TextIO) -> SearchResult:
     if failure:
         raise SearchFailedError(f"{failure}; see {job.run_dir.file(LEADERBOARD_FILE)}")
     return result
+
+
+def _report_search_end(job: Job, oracle, out: TextIO) -> None:
+    """Why the search stopped before its end, and what the constraint rejected."""
+    if oracle.rejected:
+        what = (
+            "proposed cells missing from --table were skipped"
+            if job.table is not None
+            else "candidates over --max_params were rejected before training"
+        )
+        out.write(f"{len(oracle.rejected)} {what}\n")
+    if oracle.stop_reason:
+        out.write(f"search stopped early: {oracle.stop_reason}\n")
+
+
+def job_budget(job: Job) -> TimeBudget | None:
+    """The job's `--time_budget`, minus what earlier runs of it spent (None: no budget)."""
+    spent = 0.0
+    if job.config.time_budget is not None and job.role != "worker":
+        try:
+            spent = float(read_json(job.run_dir.file(BUDGET_FILE)).get("spent_seconds", 0.0))
+        except (OSError, ValueError, AttributeError):
+            spent = 0.0
+    budget = TimeBudget.from_config(job.config, spent)
+    if budget is not None and job.role != "worker":
+        for record in job.run_dir.trial_results():
+            if record["status"] in FINISHED and "wall_seconds" in record:
+                budget.trial_ended(record["wall_seconds"])
+    return budget
+
+
+def final_phase(job: Job, results, budget: TimeBudget | None, out: TextIO):
+    """The final phase's record (`metasearch.final`), reusing one that is still current."""
+    top = [r["trial_id"] for r in final.ranked_trials(results)[: job.config.final_top_k]]
+    if not top and not final.ranked_trials(results):
+        return None
+    held = job.run_dir.final_record()
+    if (
+        held is not None
+        and held.get("candidates") == top
+        and held.get("test_episodes") == job.config.test_episodes
+        and os.path.exists(job.run_dir.final_weights_path())
+    ):
+        out.write("note: the final phase of these candidates is done; kept as it is\n")
+        return held
+    out.write("\n")
+    try:
+        return final.run_final_phase(job, results, budget, lambda line: out.write(line + "\n"))
+    except (KeyboardInterrupt, MetasearchError):
+        raise
+    except Exception as error:  # noqa: BLE001 - the search's trials stand without it
+        out.write(
+            f"The final phase failed ({type(error).__name__}: {error}); the best trial "
+            "is exported as the search left it\n"
+        )
+        return None
 
 
 def search_failure(results: list[dict[str, Any]], oracle) -> str | None:

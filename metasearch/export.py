@@ -57,6 +57,7 @@ from metasearch.rundir import (
     TEMPORARY_MARK,
     FinishedRun,
     RunLock,
+    export_identity,
     storage_error,
 )
 from metasearch.tasks import kind_of
@@ -592,7 +593,7 @@ def _export_kinds(run, trial_id, kinds, export_dir, report) -> dict[str, str]:
         )
     name = "best" if trial_id == "best" else f"trial_{chosen['trial_id']}"
     targets = {what: export_dir or run.dir.export_path(f"{name}_{what}") for what in kinds}
-    if all(export_is_current(target, chosen["trial_id"]) for target in targets.values()):
+    if all(export_is_current(target, export_identity(chosen)) for target in targets.values()):
         for target in targets.values():
             report(f"{target} already holds trial {chosen['trial_id']}, intact: kept as it is")
         return {what: os.path.abspath(target) for what, target in targets.items()}
@@ -602,7 +603,8 @@ def _export_kinds(run, trial_id, kinds, export_dir, report) -> dict[str, str]:
             _keep_export_of_set_aside_trial(run, what, target, report)
     metadata = {
         "format": EXPORT_FORMAT,
-        "trial_id": chosen["trial_id"],
+        "trial_id": export_identity(chosen),
+        "source_trial": chosen.get("source_trial", chosen["trial_id"]),
         "plugin": config["plugin"],
         "plugin_config": chosen["plugin_config"],
         "search_space": config["search_space"],
@@ -621,6 +623,13 @@ def _export_kinds(run, trial_id, kinds, export_dir, report) -> dict[str, str]:
             "val_mse": chosen.get("val_mse"),
             "val_ci95": chosen.get("val_ci95"),
             "eval_n_way": config["n_way"],
+            # The final phase's meta-test (classes the search never saw), when there was one.
+            "test_accuracy": chosen.get("test_accuracy"),
+            "test_mse": chosen.get("test_mse"),
+            "test_ci95": chosen.get("test_ci95"),
+            "test_episodes": chosen.get("test_episodes"),
+            "meta_test": chosen.get("meta_test"),
+            "meta_training_episodes": chosen.get("episodes"),
             "eval_k_shot": config["k_shot"],
             "parameters": chosen.get("parameters"),
             "flops": chosen.get("flops"),
@@ -650,7 +659,9 @@ def _keep_export_of_set_aside_trial(run, what: str, target: str, report) -> None
     """Moves a best export of a trial now set aside (damaged) to `trial_ID_KIND`, not over it.
 
     The export itself is intact (its files match its manifest); only the
-    trial's own files are damaged, so it is kept under its trial's name.
+    trial's own files are damaged, so it is kept under its trial's name. A
+    final phase's learner counts as its source trial's (a new final phase
+    replaces it once that trial is set aside).
     """
     try:
         with open(os.path.join(target, MANIFEST_FILE), encoding="utf-8"):
@@ -659,12 +670,14 @@ def _keep_export_of_set_aside_trial(run, what: str, target: str, report) -> None
         if not os.path.exists(metadata_path):
             metadata_path = os.path.join(target, METADATA_FILE)
         with open(metadata_path, encoding="utf-8") as handle:
-            held = str(json.load(handle).get("trial_id"))
+            metadata = json.load(handle)
+        identity = str(metadata.get("trial_id"))
+        held = str(metadata.get("source_trial", identity))
     except (OSError, ValueError, AttributeError):
         return
     set_aside = {r["trial_id"] for r in run.results() if r["status"] == DAMAGED}
     keep = run.dir.export_path(f"trial_{held}_{what}")
-    if held in set_aside and export_is_current(target, held) and not os.path.exists(keep):
+    if held in set_aside and export_is_current(target, identity) and not os.path.exists(keep):
         os.rename(target, keep)
         report(f"the best export held trial {held}, which is set aside: kept it as {keep}")
 

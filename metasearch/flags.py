@@ -84,6 +84,13 @@ flags.DEFINE_string(
     _default("table_column"),
     "--evaluator=table: the CSV column holding the accuracy (%).",
 )
+flags.DEFINE_list(
+    "table_ops",
+    _default("table_ops"),
+    "--evaluator=table: the operation each digit of the table's key stands for, in digit order "
+    "(default: the search space's own numbering, NAS-Bench-201's op_indices); e.g. "
+    "none,skip_connect,nor_conv_1x1,nor_conv_3x3 for a TransNAS-Bench-101 micro table.",
+)
 flags.DEFINE_integer(
     "max_params",
     _default("max_params"),
@@ -92,7 +99,51 @@ flags.DEFINE_integer(
     lower_bound=1,
 )
 flags.DEFINE_integer(
-    "max_trials", _default("max_trials"), "Number of trials (architectures) to run.", lower_bound=1
+    "max_trials",
+    None,
+    "Number of trials (architectures) to run; default 4, or as many as --time_budget allows.",
+    lower_bound=1,
+)
+flags.DEFINE_string(
+    "time_budget",
+    _default("time_budget"),
+    "Wall-clock budget of the whole job, search and final phase together (e.g. 90s, 30m, 2h, "
+    "1h30m): trials start while the search's share is left, then the final phase gets the rest.",
+)
+flags.DEFINE_bool(
+    "start_from_default",
+    _default("start_from_default"),
+    "Make the first trial the default configuration of the search space and plugin (e.g. "
+    "conv4-64 with squared Euclidean ProtoNet at the default learning rate), so a search "
+    "starts from a known baseline (trained searches; not hyperband or grid).",
+)
+flags.DEFINE_integer(
+    "final_top_k",
+    _default("final_top_k"),
+    "Final phase: the best K candidates train further and the best of them on meta-validation "
+    "is meta-tested and exported; 0 skips the further training (the best trial is meta-tested).",
+    lower_bound=0,
+)
+flags.DEFINE_float(
+    "final_share",
+    _default("final_share"),
+    "Final phase: the share of --time_budget kept for training the best candidates further.",
+    lower_bound=0.0,
+    upper_bound=0.9,
+)
+flags.DEFINE_integer(
+    "final_episodes",
+    _default("final_episodes"),
+    "Final phase without --time_budget: further meta-training episodes for each of the "
+    "--final_top_k candidates (default: --episodes_per_trial).",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "test_episodes",
+    _default("test_episodes"),
+    "Meta-test episodes scoring the final learner and the default configuration on the test "
+    "classes, which the search never sees (same episodes for both: paired).",
+    lower_bound=1,
 )
 flags.DEFINE_integer(
     "episodes_per_trial",
@@ -132,6 +183,13 @@ flags.DEFINE_integer(
     _default("meta_batch_size"),
     "Episodes (tasks) averaged per meta-training step; --episodes_per_trial counts episodes.",
     lower_bound=1,
+)
+flags.DEFINE_integer(
+    "checkpoint_seconds",
+    _default("checkpoint_seconds"),
+    "Seconds of training between a trial's checkpoints (weights, optimizer state, episode "
+    "reached); a killed search resumes the interrupted trial from its checkpoint. 0: none.",
+    lower_bound=0,
 )
 flags.DEFINE_integer(
     "image_size", _default("image_size"), "Square size images are resized to.", lower_bound=4
@@ -344,7 +402,11 @@ def _unused_flags() -> dict[str, str]:
         if spec.component != FLAGS[spec.kind].value and not _is_default(spec)
     }
     if FLAGS.evaluator != "table":
-        unused.update(table="--evaluator=table", table_column="--evaluator=table")
+        unused.update(
+            table="--evaluator=table",
+            table_column="--evaluator=table",
+            table_ops="--evaluator=table",
+        )
     return unused
 
 

@@ -176,8 +176,11 @@ def _set_state(record: dict[str, Any], events: summaries.TrialEvents | None) -> 
 
 def _run_state(results: list[dict[str, Any]], config: dict[str, Any]) -> tuple[str, str]:
     done = sum(1 for r in results if r["state"] not in UNFINISHED)
-    total = config.get("max_trials", done)
-    counted = f"{done} of {total} trials finished"
+    total = config.get("max_trials")
+    if total is None:  # a --time_budget search: as many trials as the budget held
+        counted = f"{done} trials finished within --time_budget={config.get('time_budget')}"
+    else:
+        counted = f"{done} of {total} trials finished"
     running = [r["trial_id"] for r in results if r["state"] == "RUNNING"]
     interrupted = [r["trial_id"] for r in results if r["state"] == "INTERRUPTED"]
     if running:
@@ -188,7 +191,7 @@ def _run_state(results: list[dict[str, Any]], config: dict[str, Any]) -> tuple[s
             f"(rerun with --flagfile={os.path.join(config.get('output_dir', 'RUN'), FLAGS_FILE)} "
             "to resume)"
         )
-    if done >= total:
+    if total is None or done >= total:
         return "finished", counted
     return "stopped", counted
 

@@ -30,6 +30,7 @@ from metasearch.config import (
     describe_difference,
     flagfile_difference,
     flagfile_text,
+    parse_duration,
 )
 from metasearch.errors import DamagedFileError, UsageError
 from metasearch.rundir import CONFIG_FILE, DAMAGED, DATASET_FILE, FLAGS_FILE, RunDir
@@ -58,7 +59,7 @@ def over_budget(parameters: int, max_params: int | None) -> str | None:
 
 def load_table(config: RunConfig, space: SearchSpace):
     """The tabular benchmark for `--evaluator=table`, checked against the search space."""
-    from metasearch.tabular import Table
+    from metasearch.tabular import Table, fit_space
 
     if not config.table:
         raise UsageError("--table: --evaluator=table needs --table=PATH (a CSV of architectures)")
@@ -68,7 +69,61 @@ def load_table(config: RunConfig, space: SearchSpace):
         )
     if config.max_params is not None:
         raise UsageError("--max_params: a table-scored search trains nothing to limit")
-    return Table(config.table, config.table_column, space.TABLE_KEY_COLUMN)
+    ops = list(getattr(config, "table_ops", None) or [])
+    known_ops = tuple(getattr(space, "TABLE_OPS", ()))
+    if ops and not known_ops:
+        raise UsageError(
+            f"--table_ops: search space {config.search_space}'s table keys name no operations"
+        )
+    for op in ops:
+        if op not in known_ops:
+            raise UsageError(
+                f"--table_ops: unknown operation {op!r}; known: {', '.join(known_ops)}"
+            )
+        if ops.count(op) > 1:
+            raise UsageError(f"--table_ops: {op} is listed twice (one name per key digit)")
+    table = Table(config.table, config.table_column, space.TABLE_KEY_COLUMN)
+    try:
+        # The space offers only the table's operations; a cell still missing never becomes a
+        # trial (`table.candidate_filter`, the oracle's constraint).
+        fit_space(table, space, ops or None)
+    except ValueError as error:
+        raise UsageError(f"--table: {config.table}: {error}") from None
+    check_fixed_in_table(config, space)
+    return table
+
+
+def check_fixed_in_table(config: RunConfig, space: SearchSpace) -> None:
+    """`--fix_hparams` values of the architecture are among the choices the table leaves."""
+    hp = keras_tuner.HyperParameters()
+    space.sample_config(hp)
+    for declared in hp.space:
+        value = config.fix_hparams.get(declared.name)
+        values = getattr(declared, "values", None)
+        if value is not None and values is not None and value not in values:
+            raise UsageError(
+                f"--fix_hparams: {declared.name}={value!r} is in no cell of --table="
+                f"{config.table} (its choices there: {', '.join(map(str, values))})"
+            )
+
+
+def check_budget_settings(config: RunConfig) -> None:
+    """`--time_budget` and the final phase's settings make sense (UsageError naming the flag)."""
+    if config.time_budget is not None:
+        try:
+            parse_duration(config.time_budget)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    if config.max_trials is not None and config.max_trials < 1:
+        raise UsageError(f"--max_trials: {config.max_trials} is not a positive number of trials")
+    if not 0.0 <= config.final_share <= 0.9:
+        raise UsageError(f"--final_share: {config.final_share} is outside [0, 0.9]")
+    if config.final_top_k < 0:
+        raise UsageError(f"--final_top_k: {config.final_top_k} is negative")
+    if config.final_episodes is not None and config.final_episodes < 1:
+        raise UsageError(f"--final_episodes: {config.final_episodes} is not a positive count")
+    if config.test_episodes < 1:
+        raise UsageError(f"--test_episodes: {config.test_episodes} is not a positive count")
 
 
 def resolve_config(config: RunConfig) -> RunConfig:
@@ -79,6 +134,7 @@ def resolve_config(config: RunConfig) -> RunConfig:
     what the run uses.
     """
     trains = config.evaluator == "train"
+    check_budget_settings(config)
     dataset = registry.load("dataset", config.dataset, "dataset")
     strategy = registry.load("strategy", config.strategy, "strategy")
     fixed = dict(config.fix_hparams)
@@ -267,10 +323,13 @@ class Job:
         return None
 
     def episode_stream(
-        self, split: str, seed: int, stream: int, count: int | None = None
+        self, split: str, seed: int, stream: int, count: int | None = None, start: int = 0
     ) -> tf.data.Dataset:
-        """Episodes of one split: meta-training (`--train_n_way`, augmented) or evaluation."""
-        return self.kind.episodes(self.data, self.config, split, seed, stream, count)
+        """Episodes of one split: meta-training (`--train_n_way`, augmented) or evaluation.
+
+        From index `start` of the stream (a resumed trial goes on where it stopped).
+        """
+        return self.kind.episodes(self.data, self.config, split, seed, stream, count, start)
 
     def candidate_violation(self, values: dict[str, Any]) -> str | None:
         """Why a candidate breaks `--max_params` (built, not trained), or None if it fits."""

@@ -10,18 +10,23 @@ import sys
 import time
 from typing import Any, TextIO
 
+from metasearch.budget import TimeBudget, format_duration
+
 
 class Progress:
     """Prints trial starts, a progress bar per trial, and trial results."""
 
     def __init__(
         self,
-        max_trials: int,
+        max_trials: int | None,
         enabled: bool = True,
         stream: TextIO = sys.stdout,
         metric: str = "accuracy",
+        budget: TimeBudget | None = None,
     ):
         self.max_trials = max_trials
+        # With --time_budget, trial lines show the time left and an ETA.
+        self.budget = budget
         # "accuracy" (shown in percent) or "mse" (regression).
         self.metric = metric
         self.enabled = enabled
@@ -40,17 +45,33 @@ class Progress:
         if config.evaluator == "table":
             self._write(
                 f"metasearch{where}: {config.search_space} scored from {config.table} "
-                f"({config.table_column}), {config.max_trials} trials, strategy "
+                f"({config.table_column}), {self._trials_planned(config)}, strategy "
                 f"{config.strategy}{resumed}\n  output: {config.output_dir}\n"
             )
             return
         mode = "XLA" if jit_compile else "graph mode"
         self._write(
             f"metasearch{where}: {config.plugin} x {config.search_space} on {config.dataset}, "
-            f"{config.max_trials} trials of {config.episodes_per_trial} episodes "
+            f"{self._trials_planned(config)} of {config.episodes_per_trial} episodes "
             f"({config.train_n_way}-way {config.k_shot}-shot {config.n_query}-query), "
             f"strategy {config.strategy}, {mode}{resumed}\n  output: {config.output_dir}\n"
         )
+
+    def _trials_planned(self, config) -> str:
+        if self.budget is None:
+            return f"{config.max_trials} trials"
+        cap = f" (at most {config.max_trials})" if config.max_trials else ""
+        return (
+            f"trials for {format_duration(self.budget.search_seconds)} of a "
+            f"{format_duration(self.budget.total)} budget{cap}"
+        )
+
+    def _eta(self) -> str:
+        """`; 21m10s left of 30m00s, ends about 16:02` with a budget, else nothing."""
+        if self.budget is None:
+            return ""
+        ends = time.strftime("%H:%M", time.localtime(time.time() + self.budget.left()))
+        return f"; {self.budget.describe()}, ends about {ends}"
 
     def note(self, line: str) -> None:
         """A line of news (e.g. from the chief of a distributed search)."""
@@ -62,7 +83,8 @@ class Progress:
         learner = ", ".join(f"{k}={v}" for k, v in sorted(record["plugin_config"].items()))
         number = int(trial_id) + 1 if str(trial_id).isdigit() else "?"
         what = record["architecture"] + (f" / {learner}" if learner else "")
-        self._write(f"trial {trial_id} ({number} of {self.max_trials}): {what}\n")
+        of = f" of {self.max_trials}" if self.max_trials else ""
+        self._write(f"trial {trial_id} ({number}{of}{self._eta()}): {what}\n")
 
     def trial_step(
         self, trial_id: str, step: int, total: int, loss: float, accuracy: float

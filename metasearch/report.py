@@ -92,20 +92,76 @@ def meta_test_score(record: dict[str, Any], kind) -> str | None:
 
 
 def write_results(run_dir: RunDir, config: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
-    """Rewrites `results.json` and `leaderboard.txt` from the run folder; returns both."""
+    """Rewrites `results.json` and `leaderboard.txt` from the run folder; returns both.
+
+    With a final phase (`metasearch.final`), `results.json` carries its record
+    under `final`, the trials it meta-tested carry `test_*` scores, and the
+    leaderboard ends with the final learner's meta-test numbers.
+    """
     results = run_dir.trial_results()
+    kind = run_kind(results)
+    final = run_dir.final_record()
+    if final is not None:
+        test_name = kind.objective.replace("val_", "test_")
+        for record in results:
+            tested = final.get("trial_tests", {}).get(record["trial_id"])
+            if tested is not None and record["status"] == "COMPLETED":
+                record[test_name], record["test_ci95"] = tested["mean"], tested["ci95"]
+                record["test_episodes"] = final.get("test_episodes")
     best = best_trial(results)
-    run_dir.write_json(
-        RESULTS_FILE,
-        {
-            "objective": run_kind(results).objective,
-            "best_trial": best["trial_id"] if best else None,
-            "trials": results,
-        },
-    )
+    contents = {
+        "objective": kind.objective,
+        "best_trial": best["trial_id"] if best else None,
+        "trials": results,
+    }
+    if final is not None:
+        contents["final"] = final
+    run_dir.write_json(RESULTS_FILE, contents)
     board = leaderboard(results, config)
+    if final is not None:
+        board += final_summary(final, kind)
     run_dir.write_text(LEADERBOARD_FILE, board)
     return results, board
+
+
+def final_summary(final: dict[str, Any], kind) -> str:
+    """The final learner's meta-test numbers, and what the search bought over the default."""
+    lines = [
+        "",
+        f"Final learner: trial {final['source_trial']} ({final.get('architecture')}), "
+        f"{final['episodes']:,} meta-training episodes ({final['final_episodes']:,} in the final "
+        f"phase); meta-test on {final['test_episodes']:,} episodes of classes the search never saw:",
+    ]
+    for test in final["meta_test"]:
+        lines.append(
+            f"  {test['n_way']}-way {test['k_shot']}-shot: "
+            f"{' '.join(kind.format_score(test['mean'], test['ci95']).split())}"
+        )
+    default_id = final.get("default_trial")
+    comparisons = final.get("comparisons", {})
+    if default_id is None:
+        lines.append("  (the search did not run the default configuration: no comparison)")
+    else:
+        tested = final["trial_tests"][default_id]
+        lines.append(
+            f"Default configuration (trial {default_id}, as trained in its trial): "
+            f"{' '.join(kind.format_score(tested['mean'], tested['ci95']).split())}"
+        )
+        scale = 100.0 if kind.metric == "accuracy" else 1.0
+        unit = " points" if kind.metric == "accuracy" else ""
+        for key, what in (
+            ("final_vs_default", "final learner - default"),
+            ("best_trial_vs_default", "best trial - default, at equal training"),
+        ):
+            if key in comparisons:
+                c = comparisons[key]
+                lines.append(
+                    f"  {what}: {scale * c['difference']:+.2f} ± {scale * c['ci95']:.2f}{unit} "
+                    f"(paired over the same episodes{', significant' if c['better'] else ''})"
+                )
+        if final["source_trial"] == default_id:
+            lines.append("  the default configuration was the best candidate")
+    return "\n".join(lines) + "\n"
 
 
 def versions() -> dict[str, str]:

@@ -17,7 +17,9 @@ Layout:
     flags.txt         a flagfile that repeats the run
     dataset.json      channels, normalisation and class-set sizes
     keras_tuner/      keras-tuner's project (oracle, trials) plus per trial
-                      `learner.weights.npz` and `metasearch_trial.json`
+                      `learner.weights.npz` and `metasearch_trial.json`, and
+                      while it trains `checkpoint.npz` (weights, optimizer
+                      state, step reached: a killed trial resumes from it)
     results.json      every trial: architecture, hyperparameters, score with
                       95% CI, parameters, wall time, status
     leaderboard.txt   the printed leaderboard
@@ -62,6 +64,11 @@ REPORT_FILE = "report.html"
 TENSORBOARD_DIR = "tensorboard"
 TRIAL_RECORD = "metasearch_trial.json"
 WEIGHTS_FILE = "learner.weights.npz"
+CHECKPOINT_FILE = "checkpoint.npz"
+# The final phase's learner (`metasearch.final`): its record and weights.
+FINAL_DIR = "final"
+FINAL_RECORD = "final.json"
+BUDGET_FILE = "budget.json"
 # Everything metasearch writes into an output directory (and --overwrite removes).
 OWNED_ENTRIES = (
     CONFIG_FILE,
@@ -74,6 +81,8 @@ OWNED_ENTRIES = (
     EXPORT_DIR,
     REPORT_FILE,
     TENSORBOARD_DIR,
+    FINAL_DIR,
+    BUDGET_FILE,
 )
 FINISHED = ("COMPLETED", "FAILED", "INVALID")
 # The status of a trial set aside because a file of it cannot be read back.
@@ -225,25 +234,99 @@ def load_weights(variables, path: str) -> None:
 
 def _assign_weights(variables, path: str) -> None:
     with np.load(path) as stored:
-        stored_keys = _weight_keys([str(name) for name in stored["__names__"]])
-        by_key = {key: f"w{index:04d}" for index, key in enumerate(stored_keys)}
-        variables = list(variables)
-        wanted = _weight_keys([v.path for v in variables])
-        missing = [key for key in wanted if key not in by_key]
-        extra = sorted(set(stored_keys) - set(wanted))
-        if missing or extra:
+        _assign_stored(stored, variables, path)
+
+
+def _assign_stored(stored, variables, path: str, prefix: str = "") -> None:
+    """Assigns `variables` from the arrays of an open `.npz` that were saved under `prefix`."""
+    stored_keys = _weight_keys([str(name) for name in stored[f"{prefix}__names__"]])
+    by_key = {key: f"{prefix}w{index:04d}" for index, key in enumerate(stored_keys)}
+    variables = list(variables)
+    wanted = _weight_keys([v.path for v in variables])
+    missing = [key for key in wanted if key not in by_key]
+    extra = sorted(set(stored_keys) - set(wanted))
+    if missing or extra:
+        raise UsageError(
+            f"{path}: its weights do not match the learner (missing: "
+            f"{', '.join(missing[:3]) or 'none'}; unexpected: {', '.join(extra[:3]) or 'none'})"
+        )
+    for key, variable in zip(wanted, variables):
+        value = stored[by_key[key]]
+        if tuple(value.shape) != tuple(variable.shape):
             raise UsageError(
-                f"{path}: its weights do not match the learner (missing: "
-                f"{', '.join(missing[:3]) or 'none'}; unexpected: {', '.join(extra[:3]) or 'none'})"
+                f"{path}: weight {key} has shape {tuple(value.shape)}, the learner's "
+                f"{tuple(variable.shape)}"
             )
-        for key, variable in zip(wanted, variables):
-            value = stored[by_key[key]]
-            if tuple(value.shape) != tuple(variable.shape):
-                raise UsageError(
-                    f"{path}: weight {key} has shape {tuple(value.shape)}, the learner's "
-                    f"{tuple(variable.shape)}"
-                )
-            variable.assign(value)
+        variable.assign(value)
+
+
+def save_checkpoint(
+    path: str,
+    groups: dict[str, Any],
+    state: dict[str, Any],
+    arrays: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Saves groups of variables by name, a JSON `state` and `arrays` into one `.npz`, atomically.
+
+    One file holds everything (e.g. a trainer's learner and optimizer
+    variables, the step reached, the loss of each step), so a kill during the
+    write leaves the previous checkpoint whole, never half of a new one.
+    """
+    contents: dict[str, Any] = {"__state__": np.array(json.dumps(state, default=_json_default))}
+    for group, variables in groups.items():
+        variables = list(variables)
+        contents[f"{group}.__names__"] = np.array([v.path for v in variables])
+        for index, variable in enumerate(variables):
+            contents[f"{group}.w{index:04d}"] = np.asarray(variable.numpy())
+    for name, value in (arrays or {}).items():
+        contents[f"array.{name}"] = np.asarray(value)
+    buffer = io.BytesIO()
+    np.savez(buffer, **contents)
+    write_atomic(path, buffer.getvalue())
+
+
+def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The `state` and `arrays` of a checkpoint (not its variables; see `load_checkpoint`).
+
+    A missing file raises `FileNotFoundError`; one that cannot be read, `DamagedFileError`.
+    """
+    try:
+        with np.load(path) as stored:
+            state = json.loads(str(stored["__state__"].item()))
+            arrays = {
+                key[len("array.") :]: stored[key]
+                for key in stored.files
+                if key.startswith("array.")
+            }
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # noqa: BLE001 - numpy, zipfile and json raise many kinds
+        raise DamagedFileError(path, damage(error)) from None
+    if not isinstance(state, dict):
+        raise DamagedFileError(path, "no state in it")
+    return state, arrays
+
+
+def load_checkpoint(path: str, groups: dict[str, Any]) -> None:
+    """Assigns each group of variables saved by `save_checkpoint`, matched by name and shape.
+
+    Variables that do not match raise `UsageError`; a file that cannot be read,
+    `DamagedFileError` (as `load_weights`).
+    """
+    try:
+        with np.load(path) as stored:
+            for group, variables in groups.items():
+                _assign_stored(stored, variables, path, prefix=f"{group}.")
+    except (UsageError, FileNotFoundError):
+        raise
+    except Exception as error:  # noqa: BLE001 - numpy and zipfile raise many kinds
+        raise DamagedFileError(path, damage(error)) from None
+
+
+def remove_file(path: str) -> None:
+    """Removes `path` if it is there (e.g. a finished trial's checkpoint), best effort."""
+    with contextlib.suppress(OSError):
+        os.remove(path)
 
 
 # --------------------------------------------------------------------------- the folder
@@ -268,6 +351,26 @@ class RunDir:
 
     def weights_path(self, trial_id: str) -> str:
         return os.path.join(self.trial_dir(trial_id), WEIGHTS_FILE)
+
+    def checkpoint_path(self, trial_id: str) -> str:
+        """Where trial `trial_id` keeps its checkpoint while it trains (`save_checkpoint`)."""
+        return os.path.join(self.trial_dir(trial_id), CHECKPOINT_FILE)
+
+    def final_weights_path(self) -> str:
+        """The final phase's learner's weights (`metasearch.final`)."""
+        return os.path.join(self.file(FINAL_DIR), WEIGHTS_FILE)
+
+    def write_final_record(self, record: dict[str, Any]) -> str:
+        return write_atomic(os.path.join(self.file(FINAL_DIR), FINAL_RECORD), json_text(record))
+
+    def final_record(self) -> dict[str, Any] | None:
+        """The final phase's record, or None when there is none (or it cannot be read)."""
+        path = os.path.join(self.file(FINAL_DIR), FINAL_RECORD)
+        try:
+            record = read_json(path)
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and "trial_id" in record else None
 
     def tensorboard_dir(self, trial_id: str | None = None) -> str:
         """TensorBoard's log folder of the run, or of one trial in it."""
@@ -606,6 +709,13 @@ def best_trial(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(completed, key=lambda r: (trial_score(r), -int(r["trial_id"])))
 
 
+def export_identity(record: dict[str, Any]) -> str:
+    """What an export of `record` is stamped with: the trial id, or the final phase's id."""
+    if record["trial_id"] == "final":
+        return f"final:{record.get('final_id', '')}"
+    return record["trial_id"]
+
+
 def choose_trial(output_dir: str, trial_id: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     """The finished trial `trial_id` (or the best) of a run; UsageError if there is none."""
     if trial_id == "best":
@@ -654,8 +764,25 @@ class FinishedRun:
         return self.dir.trial_results()
 
     def trial(self, trial_id: str) -> dict[str, Any]:
-        """The finished trial `trial_id` (or `"best"`), as its results record."""
+        """The finished trial `trial_id` as its results record.
+
+        `"best"` is the final phase's learner when the run has one (see
+        `metasearch.final`), else the best trial; `"final"` only the former.
+        """
+        if trial_id in ("best", "final"):
+            final = self.final()
+            if final is not None:
+                return final
+            if trial_id == "final":
+                raise UsageError(f"--trial=final: {self.output_dir} has no final phase's learner")
         return choose_trial(self.output_dir, trial_id, self.results())
+
+    def final(self) -> dict[str, Any] | None:
+        """The final phase's record when its weights are there too (None: no final phase)."""
+        record = self.dir.final_record()
+        if record is None or not os.path.exists(self.dir.final_weights_path()):
+            return None
+        return record
 
     def dataset_options(self, data_dir: str | None = None):
         """The options the run loaded its data set with; `data_dir` overrides its own."""
@@ -670,7 +797,10 @@ class FinishedRun:
 
     def rebuild(self, chosen: dict[str, Any]):
         """The learner of trial record `chosen` with its trained weights, and its task."""
-        weights_path = self.dir.weights_path(chosen["trial_id"])
+        if chosen["trial_id"] == "final":
+            weights_path = self.dir.final_weights_path()
+        else:
+            weights_path = self.dir.weights_path(chosen["trial_id"])
         if not os.path.exists(weights_path):
             raise DamagedFileError(weights_path, "the file is missing")
         task = self.kind.task_spec(self.config, self.data)
@@ -694,6 +824,13 @@ class FinishedRun:
         if trial_id != "best":
             chosen = self.trial(trial_id)
             return (chosen, *self.rebuild(chosen))
+        final = self.final()
+        if final is not None:
+            try:
+                return (final, *self.rebuild(final))
+            except DamagedFileError as error:
+                if report is not None:
+                    report(f"the final learner is set aside: {error}; taking the best trial")
         results = self.results()
         set_aside = []
         while True:

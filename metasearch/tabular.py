@@ -4,6 +4,11 @@ Tabular benchmarks such as NAS-Bench-201 list every architecture of a search
 space with its accuracy, so a search strategy can be run in seconds. `Table`
 reads such a CSV once; `lookup(key)` returns the chosen column's value for the
 row whose key column (a string, leading zeros kept) equals `key`.
+
+A table need not hold every cell of its search space: `fit_space` restricts a
+space that can (`use_table`) to the operations the table has, and gives the
+constraint (`MissingCells`) that keeps any cell still missing from becoming a
+trial: the strategy proposes another instead.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from metasearch.errors import UsageError
 
@@ -32,6 +37,8 @@ class Table:
 
     def __init__(self, path: str, column: str, key_column: str = DEFAULT_KEY_COLUMN):
         self.path, self.column, self.key_column = path, column, key_column
+        # What keeps cells missing from the table from becoming trials (`fit_space` sets it).
+        self.candidate_filter: MissingCells | None = None
         if not os.path.isfile(path):
             raise UsageError(f"--table: no such file {path}")
         try:
@@ -73,6 +80,10 @@ class Table:
     def __contains__(self, key: str) -> bool:
         return str(key) in self._values
 
+    def keys(self) -> list[str]:
+        """Every architecture's key, in file order (a key listed twice counts once)."""
+        return list(self._values)
+
     def lookup(self, key: str) -> float:
         """The column's value for architecture `key`; unknown keys raise `UsageError`."""
         try:
@@ -84,6 +95,67 @@ class Table:
         """The key and value of the row with the highest value."""
         key = max(self._values, key=self._values.__getitem__)
         return key, self._values[key]
+
+
+# A cheap check may reject this many times the candidates a trial needs on average
+# (the space's size over the table's cells) before the search stops.
+_ATTEMPTS_PER_HIT = 20
+MAX_ATTEMPTS = 20_000
+
+
+class MissingCells:
+    """The constraint of a search on a table lacking cells of its space: those never become trials.
+
+    A strategy oracle's `candidate_filter` (see `metasearch.strategies`):
+    called with a candidate's values, it answers None when the candidate's
+    cell is in the table, else why not. The strategy then proposes another, up to `max_attempts` in a
+    row (more the sparser the table: the check is a dictionary lookup); past
+    that the search stops, saying so (`name` starts that message).
+    """
+
+    name = "the table"
+
+    def __init__(self, table: Table, space, space_size: int | None):
+        self.table, self.space = table, space
+        cells = max(len(table), 1)
+        per_hit = math.ceil(space_size / cells) if space_size else 1
+        self.max_attempts = min(MAX_ATTEMPTS, max(100, _ATTEMPTS_PER_HIT * per_hit))
+        self._where = f"--table={table.path}" + (
+            f", {len(table):,} of the space's {space_size:,} cells" if space_size else ""
+        )
+
+    def key(self, values: Mapping[str, Any]) -> str:
+        """The table key of the candidate `values` (hyperparameter name -> value)."""
+        import keras_tuner
+
+        hp = keras_tuner.HyperParameters()
+        hp.values = dict(values)
+        return self.space.table_key(self.space.sample_config(hp))
+
+    def __call__(self, values: Mapping[str, Any]) -> str | None:
+        key = self.key(values)
+        return None if key in self.table else f"cell {key} is not in {self._where}"
+
+
+def fit_space(table: Table, space, ops: Sequence[str] | None = None) -> MissingCells | None:
+    """Fits `space` to `table`; sets and returns `table.candidate_filter` (None: no cell missing).
+
+    A space with `use_table(keys, ops)` (e.g. `nasbench201`) is restricted
+    to the operations the table's keys use, `ops` naming what each key digit
+    stands for (None: the space's own numbering); it returns the number of
+    cells left, so a complete table needs no constraint and searches exactly
+    as before. A space without it may still lack cells: the constraint
+    applies. Raises `ValueError` for keys or `ops` the space cannot read.
+    """
+    use_table = getattr(space, "use_table", None)
+    if use_table is None:
+        if ops:
+            raise ValueError(f"{type(space).__name__}'s table keys name no operations")
+        table.candidate_filter = MissingCells(table, space, None)
+        return table.candidate_filter
+    size = use_table(table.keys(), list(ops) if ops else None)
+    table.candidate_filter = MissingCells(table, space, size) if len(table) < size else None
+    return table.candidate_filter
 
 
 def _is_number(row: list[str], index: int) -> bool:

@@ -94,15 +94,26 @@ class TaskKind(abc.ABC):
     def eval_classes(self, n_way: int) -> int:
         """Classes in an evaluation episode at `--n_way` (regression: 1)."""
 
+    def test_ways(self, dataset, config, test_classes: int) -> tuple[int, ...]:
+        """The ways the final learner is meta-tested at: `--n_way` (regression: that alone)."""
+        return (config.n_way,)
+
+    def test_episodes(self, data, config, n_way: int, seed: int, stream: int, count: int):
+        """`count` meta-test episodes (of the test classes) at `n_way`."""
+        return self.episodes(data, config, "test", seed, stream, count=count)
+
     @abc.abstractmethod
     def load(self, dataset: Dataset, config: Any) -> TaskData:
         """Loads `dataset` for a run of `config`; fails (UsageError) if it cannot serve it."""
 
     @abc.abstractmethod
     def episodes(
-        self, data: TaskData, config: Any, split: str, seed: int, stream: int, count=None
+        self, data: TaskData, config: Any, split: str, seed: int, stream: int, count=None, start=0
     ) -> tf.data.Dataset:
-        """Episodes of one split: meta-training (augmented, `train_n_way`) or evaluation."""
+        """Episodes of one split: meta-training (augmented, `train_n_way`) or evaluation.
+
+        `count` episodes (endless if None) from index `start` of the stream.
+        """
 
     @abc.abstractmethod
     def task_spec(self, config: Any, data: dict[str, Any]) -> TaskSpec:
@@ -155,6 +166,16 @@ class Classification(TaskKind):
     def eval_classes(self, n_way):
         return int(n_way)
 
+    def test_ways(self, dataset, config, test_classes):
+        # --n_way first, then the data set's standard ways the test classes can fill.
+        extra = [w for w in dataset.TEST_WAYS if w != config.n_way and w <= test_classes]
+        return (int(config.n_way), *sorted(extra))
+
+    def test_episodes(self, data, config, n_way, seed, stream, count):
+        return episodes.episode_dataset(
+            data.images["test"], n_way, config.k_shot, config.n_query, seed, stream, count=count
+        )
+
     def load(self, dataset, config):
         splits = dataset.load()
         needs = config.k_shot + config.n_query
@@ -183,7 +204,7 @@ class Classification(TaskKind):
         }
         return TaskData(self.task_spec(config, info), dataset, normalization, info, splits, images)
 
-    def episodes(self, data, config, split, seed, stream, count=None):
+    def episodes(self, data, config, split, seed, stream, count=None, start=0):
         training = split == "train"
         return episodes.episode_dataset(
             data.images[split],
@@ -193,6 +214,7 @@ class Classification(TaskKind):
             seed,
             stream,
             count=count,
+            start=start,
             augment=config.augment if training else "none",
         )
 
@@ -274,9 +296,9 @@ class Regression(TaskKind):
         }
         return TaskData(self.task_spec(config, info), dataset, (0.0, 1.0), info)
 
-    def episodes(self, data, config, split, seed, stream, count=None):
+    def episodes(self, data, config, split, seed, stream, count=None, start=0):
         return data.dataset.episodes(
-            split, config.k_shot, config.n_query, seed, stream, count=count
+            split, config.k_shot, config.n_query, seed, stream, count=count, start=start
         )
 
     def task_spec(self, config, data):

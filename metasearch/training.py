@@ -2,11 +2,15 @@
 
 Plugins provide pure tensor code (`MetaLearner.meta_train_loss`, `adapt`,
 `predict`); this module wraps it in compiled functions, applies the
-optimiser, watches for divergence and scores held-out episodes.
+optimiser, watches for divergence and scores held-out episodes. A trainer
+saves and restores its whole state (`save_checkpoint`, `restore_checkpoint`:
+the learner's weights, the optimiser's moments and step count, the step
+reached), so an interrupted run goes on exactly where its checkpoint was.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -32,7 +36,8 @@ class Chunk(NamedTuple):
     """What a run of training steps read back: the `on_chunk` callback's argument.
 
     `step` is the last step done, `episodes` the episodes trained so far
-    (steps times the meta-batch size); `loss` and `metric` are the means over
+    (steps times the meta-batch size; a resumed run counts on from its
+    checkpoint's); `loss` and `metric` are the means over
     the chunk's steps, `episodes_per_second` its speed (wall clock).
     """
 
@@ -41,6 +46,24 @@ class Chunk(NamedTuple):
     loss: float
     metric: float
     episodes_per_second: float
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """How far `MetaTrainer.train` got: what a checkpoint keeps beside the variables.
+
+    `step` steps are done (of the run's `total_steps`) in `train_seconds`
+    (summed over the pieces of an interrupted run); `losses` and `metrics`
+    hold each step's loss and task metric (the summary's last tenth spans
+    every piece); `extra` is what the caller stored with it (e.g. the trial's
+    hyperparameters, compared before resuming).
+    """
+
+    step: int = 0
+    train_seconds: float = 0.0
+    losses: list[float] = dataclasses.field(default_factory=list)
+    metrics: list[float] = dataclasses.field(default_factory=list)
+    extra: dict = dataclasses.field(default_factory=dict)
 
 
 def has_gpu() -> bool:
@@ -133,6 +156,65 @@ class MetaTrainer:
     def _num_classes(self, support_labels) -> int:
         return self.kind.classes_in(support_labels)
 
+    def checkpoint_variables(self) -> dict[str, list]:
+        """What a checkpoint saves: every weight of the learner and the optimiser's variables.
+
+        Adam's moments and its iteration count (the cosine decay reads the
+        learning rate from it), so a restored trainer steps on exactly as the
+        saved one would have.
+        """
+        return {"learner": list(self.learner.weights), "optimizer": list(self.optimizer.variables)}
+
+    def save_checkpoint(self, path: str, state: TrainingState) -> None:
+        """Writes the trainer's variables and `state` to `path` in one atomic write.
+
+        A kill during the write leaves the previous checkpoint as it was.
+        """
+        from metasearch import rundir  # rundir imports components, which import this module
+
+        rundir.save_checkpoint(
+            path,
+            self.checkpoint_variables(),
+            {"step": state.step, "train_seconds": state.train_seconds, "extra": state.extra},
+            {
+                "losses": np.asarray(state.losses, np.float64),
+                "metrics": np.asarray(state.metrics, np.float64),
+            },
+        )
+
+    @staticmethod
+    def read_checkpoint(path: str) -> TrainingState:
+        """The state a checkpoint holds, without assigning anything (e.g. to check `extra`).
+
+        `FileNotFoundError` when there is none; `DamagedFileError` when it cannot be read.
+        """
+        from metasearch import rundir
+        from metasearch.errors import DamagedFileError
+
+        values, arrays = rundir.read_checkpoint(path)
+        try:
+            return TrainingState(
+                step=int(values["step"]),
+                train_seconds=float(values["train_seconds"]),
+                losses=[float(v) for v in arrays["losses"]],
+                metrics=[float(v) for v in arrays["metrics"]],
+                extra=dict(values.get("extra") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise DamagedFileError(path, f"not a trainer's checkpoint ({error})") from None
+
+    def restore_checkpoint(self, path: str) -> TrainingState:
+        """Assigns the variables `save_checkpoint` wrote (after `build`); returns its state.
+
+        Pass the state to `train(resume=...)` with the episodes from where it
+        stopped. Variables that do not match this trainer's raise `UsageError`.
+        """
+        from metasearch import rundir
+
+        state = self.read_checkpoint(path)
+        rundir.load_checkpoint(path, self.checkpoint_variables())
+        return state
+
     def _train_step(self, episodes: Episode | tuple[Episode, ...]):
         """One optimiser step on an episode, or on the mean loss of a tuple of them."""
         batch = (episodes,) if isinstance(episodes, Episode) else tuple(episodes)
@@ -172,6 +254,9 @@ class MetaTrainer:
         on_progress: Callable[[int, float, float], None] | None = None,
         check_every: int = 20,
         on_chunk: Callable[[Chunk], None] | None = None,
+        resume: TrainingState | None = None,
+        on_checkpoint: Callable[[TrainingState], None] | None = None,
+        checkpoint_seconds: float = 0.0,
     ) -> dict[str, float]:
         """Runs `steps` meta-training steps; raises `DivergedError` on a non-finite loss.
 
@@ -181,12 +266,23 @@ class MetaTrainer:
         and `on_chunk(Chunk)` with the chunk's means and speed (e.g. to write
         learning curves), outside the compiled steps. Returns the mean loss
         and task metric over the last tenth of training and the seconds spent.
+
+        `resume` (what `restore_checkpoint` returned) goes on from its step to
+        `steps`: `episodes` must then start at the episode that step reached
+        (its step times the meta-batch size), and steps, losses and seconds
+        count on from the checkpoint's. Between chunks of steps, once
+        `checkpoint_seconds` of training passed since the last one (0: never),
+        `on_checkpoint(TrainingState)` is called (e.g. to `save_checkpoint`).
         """
+        done = resume.step if resume is not None else 0
         if isinstance(episodes, tf.data.Dataset):
-            episodes = episodes.take(steps * self.meta_batch_size)
+            episodes = episodes.take(max(0, steps - done) * self.meta_batch_size)
         iterator = iter(episodes)
         log = _TrainingLog(on_progress, check_every, self.metric, on_chunk, self.meta_batch_size)
-        self._run_steps(iterator, steps, log)
+        log.resume(resume)
+        if on_checkpoint is not None and checkpoint_seconds and checkpoint_seconds > 0:
+            log.checkpoint(on_checkpoint, checkpoint_seconds)
+        self._run_steps(iterator, steps - done, log)
         return log.summary()
 
     def train_for(
@@ -257,6 +353,30 @@ class _TrainingLog:
         self.step = 0
         self.start = time.perf_counter()
         self._chunk_start = self.start
+        self._seconds_before = 0.0  # in earlier pieces of a resumed run
+        self._on_checkpoint: Callable[[TrainingState], None] | None = None
+        self._checkpoint_seconds = 0.0
+        self._last_checkpoint = self.start
+
+    def resume(self, state: TrainingState | None) -> None:
+        """Counts on from a checkpoint's step, losses, metrics and seconds."""
+        if state is not None:
+            self.step = state.step
+            self.losses = list(state.losses)
+            self.accuracies = list(state.metrics)
+            self._seconds_before = state.train_seconds
+
+    def checkpoint(self, on_checkpoint: Callable[[TrainingState], None], seconds: float) -> None:
+        """Calls `on_checkpoint(state)` after a chunk once `seconds` passed since the last."""
+        self._on_checkpoint = on_checkpoint
+        self._checkpoint_seconds = float(seconds)
+
+    def seconds(self) -> float:
+        """Training seconds so far, the earlier pieces of a resumed run included."""
+        return self._seconds_before + time.perf_counter() - self.start
+
+    def state(self) -> TrainingState:
+        return TrainingState(self.step, self.seconds(), list(self.losses), list(self.accuracies))
 
     def record(self, pending: list[tuple[tf.Tensor, tf.Tensor]]) -> None:
         for loss, accuracy in pending:
@@ -284,6 +404,11 @@ class _TrainingLog:
                     episodes_per_second=count * self.meta_batch_size / seconds,
                 )
             )
+        if self._on_checkpoint is not None and now - self._last_checkpoint >= (
+            self._checkpoint_seconds
+        ):
+            self._on_checkpoint(self.state())
+            self._last_checkpoint = time.perf_counter()
         # The next chunk's time starts after the callbacks (they are not training).
         self._chunk_start = time.perf_counter()
 
@@ -295,5 +420,5 @@ class _TrainingLog:
             f"train_{self.metric}": float(np.mean(self.accuracies[-tail:]))
             if self.accuracies
             else float("nan"),
-            "train_seconds": time.perf_counter() - self.start,
+            "train_seconds": self.seconds(),
         }

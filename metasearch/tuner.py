@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
+import os
 import time
 import traceback
 from typing import Any
@@ -25,13 +27,21 @@ import keras_tuner
 import numpy as np
 
 from metasearch import distributed, interrupts, kt_adapter, latency, report, summaries
+from metasearch.budget import TimeBudget
 from metasearch.data import episodes
-from metasearch.errors import MetasearchError, StorageError, UsageError
+from metasearch.errors import DamagedFileError, MetasearchError, StorageError, UsageError
 from metasearch.flops import estimate_flops
 from metasearch.job import Job, derived_seed, over_budget
 from metasearch.progress import Progress
-from metasearch.rundir import PROJECT_NAME, load_weights, save_weights
-from metasearch.training import DivergedError, MetaTrainer, count_parameters
+from metasearch.rundir import (
+    BUDGET_FILE,
+    PROJECT_NAME,
+    json_text,
+    load_weights,
+    remove_file,
+    save_weights,
+)
+from metasearch.training import DivergedError, MetaTrainer, TrainingState, count_parameters
 
 
 class BudgetError(Exception):
@@ -41,12 +51,26 @@ class BudgetError(Exception):
 class FewShotTuner(kt_adapter.BaseTuner):
     """keras-tuner tuner whose trial meta-trains and scores one few-shot learner."""
 
-    def __init__(self, job: Job, oracle: keras_tuner.Oracle, progress: Progress):
+    def __init__(
+        self,
+        job: Job,
+        oracle: keras_tuner.Oracle,
+        progress: Progress,
+        budget: TimeBudget | None = None,
+    ):
         self.job = job
         self.progress = progress
+        self.budget = budget
+        self._trial_started = time.monotonic()
+        if budget is not None and job.role != "worker":
+            # No trial starts once the search's share of --time_budget cannot hold one.
+            oracle.stop_condition = budget.stop_reason
         if job.role != "worker" and job.config.max_params is not None:
             # Rejected candidates are never trials: the strategy proposes others.
             oracle.candidate_filter = job.candidate_violation
+        elif job.role != "worker" and job.table is not None:
+            # Cells missing from the table are never trials either (None: it has them all).
+            oracle.candidate_filter = job.table.candidate_filter
         super().__init__(
             oracle=oracle,
             hypermodel=job.components.sample,
@@ -99,8 +123,15 @@ class FewShotTuner(kt_adapter.BaseTuner):
             kt_adapter.hand_back(self.oracle, trial.trial_id, why)
         return cause
 
+    def on_trial_begin(self, trial):
+        self._trial_started = time.monotonic()
+        super().on_trial_begin(trial)
+
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
+        if self.budget is not None:
+            self.budget.trial_ended(time.monotonic() - self._trial_started)
+            self.job.run_dir.write_json(BUDGET_FILE, {"spent_seconds": self.budget.spent()})
         # The leaderboard on disk is current after every trial, not only at the end.
         report.write_results(self.job.run_dir, self.job.config.to_json())
 
@@ -192,13 +223,78 @@ class FewShotTuner(kt_adapter.BaseTuner):
         return episodes_for(values["tuner/epochs"]), done, parent
 
     def _meta_train_and_score(self, trial, sampled, record, board=None) -> dict[str, Any]:
+        """Meta-trains, scores and saves one candidate, resuming from its checkpoint if any.
+
+        While it trains, the trial writes a checkpoint every
+        `--checkpoint_seconds` (`RunDir.checkpoint_path`: weights, optimiser
+        state, step reached); the rerun of a killed search finds it (same
+        trial, hyperparameters and budget) and goes on from it. The checkpoint
+        is removed once the trial ends, unless the search stops midway
+        (Ctrl-C, a failed write): that trial runs again, from its checkpoint.
+        """
+        path = self.job.run_dir.checkpoint_path(trial.trial_id)
+        plan = self._training_plan(trial)
+        try:
+            resume = self._checkpoint_to_resume(trial.trial_id, path, plan)
+            try:
+                metrics = self._train_and_score(trial, sampled, record, board, plan, resume)
+            except _CheckpointMismatchError as error:
+                self.progress.note(f"trial {trial.trial_id} starts over: {error}")
+                metrics = self._train_and_score(trial, sampled, record, board, plan, None)
+        except (KeyboardInterrupt, SystemExit, StorageError):
+            raise  # the trial runs again when the search resumes: keep its checkpoint
+        except Exception:
+            remove_file(path)  # a failed trial does not run again
+            raise
+        remove_file(path)
+        return metrics
+
+    def _training_plan(self, trial) -> dict[str, Any]:
+        """The trial's training budget and seed: what its checkpoint must agree on to resume."""
+        config = self.job.config
+        total, done, parent = self._episode_budget(trial)
+        return {
+            "trial_id": trial.trial_id,
+            # As JSON gives them back from the checkpoint, to compare.
+            "hyperparameters": json.loads(json_text(trial.hyperparameters.values)),
+            "episodes": total,
+            "episodes_before": done,
+            "parent": parent,
+            # A step meta-trains on --meta_batch_size episodes.
+            "steps": max(1, math.ceil((total - done) / config.meta_batch_size)),
+            "meta_batch_size": config.meta_batch_size,
+            "seed": derived_seed(config.seed, f"trial {trial.trial_id}"),
+        }
+
+    def _checkpoint_to_resume(self, trial_id, path, plan) -> TrainingState | None:
+        """The state of the trial's checkpoint when it fits `plan`, else None (with a note)."""
+        if not os.path.exists(path):
+            return None
+        try:
+            state = MetaTrainer.read_checkpoint(path)
+        except (OSError, DamagedFileError) as error:
+            self.progress.note(
+                f"trial {trial_id} starts over: its checkpoint cannot be read ({error})"
+            )
+            return None
+        if state.extra != plan or not 0 < state.step <= plan["steps"]:
+            self.progress.note(
+                f"trial {trial_id} starts over: its checkpoint was written for other settings"
+            )
+            return None
+        return state
+
+    def _train_and_score(self, trial, sampled, record, board, plan, resume) -> dict[str, Any]:
         job, config = self.job, self.job.config
         keras.backend.clear_session()
-        seed = derived_seed(config.seed, f"trial {trial.trial_id}")
+        seed = plan["seed"]
         keras.utils.set_random_seed(seed)
-        total, done, parent = self._episode_budget(trial)
-        # A step meta-trains on --meta_batch_size episodes.
-        steps = max(1, math.ceil((total - done) / config.meta_batch_size))
+        total, done, parent, steps = (
+            plan["episodes"],
+            plan["episodes_before"],
+            plan["parent"],
+            plan["steps"],
+        )
         learner = job.components.build_learner(sampled, job.task)
         trainer = MetaTrainer(
             learner,
@@ -208,7 +304,11 @@ class FewShotTuner(kt_adapter.BaseTuner):
             jit_compile=job.jit_compile,
             meta_batch_size=config.meta_batch_size,
         )
-        train_stream = job.episode_stream("train", seed, episodes.TRAIN_STREAM)
+        # Episodes are a pure function of their index: a resumed trial's stream
+        # starts at the episode its checkpoint reached.
+        resumed_steps = resume.step if resume is not None else 0
+        start = resumed_steps * config.meta_batch_size
+        train_stream = job.episode_stream("train", seed, episodes.TRAIN_STREAM, start=start)
         # One pipeline for the whole trial: its first episode builds the
         # variables, then is trained on like the rest.
         stream = iter(train_stream)
@@ -219,19 +319,42 @@ class FewShotTuner(kt_adapter.BaseTuner):
         if violation:
             raise BudgetError(violation)
         record["flops"] = backbone_flops(learner, job.task)
-        if parent:
+        checkpoint_path = job.run_dir.checkpoint_path(trial.trial_id)
+        if resume is not None:
+            try:
+                trainer.restore_checkpoint(checkpoint_path)
+            except UsageError as error:  # DamagedFileError too
+                raise _CheckpointMismatchError(
+                    f"its checkpoint cannot be restored ({error})"
+                ) from None
+            record["resumed_from_episode"] = min(total, done + start)
+            self.progress.note(
+                f"trial {trial.trial_id} resumes from its checkpoint at episode "
+                f"{record['resumed_from_episode']} of {total}"
+            )
+        elif parent:
             load_weights(learner.weights, job.run_dir.weights_path(parent))
+        if parent:
             record["continues_trial"] = parent
         record["episodes"] = total
+
+        def save_checkpoint(state: TrainingState) -> None:
+            state.extra = plan
+            trainer.save_checkpoint(checkpoint_path, state)
+
         train_metrics = trainer.train(
             itertools.chain([first], stream),
             steps,
+            # The progress bar shows this piece of a resumed trial.
             on_progress=lambda step, loss, metric: self.progress.trial_step(
-                trial.trial_id, step, steps, loss, metric
+                trial.trial_id, step - resumed_steps, steps - resumed_steps, loss, metric
             ),
             # About 20 points or more on each trial's TensorBoard curves.
             check_every=max(1, min(20, steps // 20)),
             on_chunk=board.curve(done) if board is not None else None,
+            resume=resume,
+            on_checkpoint=save_checkpoint,
+            checkpoint_seconds=config.checkpoint_seconds,
         )
         val_stream = job.episode_stream(
             "val", config.seed, episodes.VAL_STREAM, count=config.eval_episodes
@@ -250,6 +373,10 @@ class FewShotTuner(kt_adapter.BaseTuner):
             "jit_compile": job.jit_compile,
             **train_metrics,
         }
+
+
+class _CheckpointMismatchError(Exception):
+    """A trial's checkpoint cannot be restored into its learner: the trial starts over."""
 
 
 def adaptation_latency(learner, job: Job) -> float | None:

@@ -20,12 +20,18 @@ order whose index is NAS-Bench-201's `op_indices` digit, so `table_key`
 gives the row of the shared table (`TABLE_KEY_COLUMN = "op_indices"`). The
 default cell is the benchmark README's example,
 `|nor_conv_3x3~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|`.
+
+Other tables of this cell (a NAS-Bench-201 subset, a TransNAS-Bench-101-style
+micro table without `avg_pool_3x3`) are used through `use_table`: the space
+then offers on each edge only the operations the table has there, and writes
+keys in the table's own numbering of the operations.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -184,6 +190,54 @@ class NASBench201(SearchSpace):
         ),
     )
     TABLE_KEY_COLUMN = "op_indices"
+    # The operations a table's key digits may name (`use_table`).
+    TABLE_OPS = OPS
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        super().__init__(options)
+        # Digit i of a table key names `_key_ops[i]`; each edge offers `_edge_ops[edge]`.
+        self._key_ops: tuple[str, ...] = OPS
+        self._edge_ops: dict[str, tuple[str, ...]] = dict.fromkeys(EDGE_KEYS, OPS)
+
+    def use_table(self, keys: Iterable[str], ops: Sequence[str] | None = None) -> int:
+        """Restricts the space to a table's cells; returns how many cells it then holds.
+
+        `ops` names the operation each digit of a key stands for, in digit
+        order (None: NAS-Bench-201's `op_indices` numbering, `OPS`); e.g. a
+        TransNAS-Bench-101 micro table numbers `none,skip_connect,nor_conv_1x1,
+        nor_conv_3x3`. Each edge then offers only the operations some key has
+        on it (in `OPS` order; its default is the default cell's operation when
+        offered, else the first), so a strategy proposes nothing else, and
+        `table_key` writes keys in the table's numbering. The count returned is
+        the product of the edges' choices: the table lacks cells of the space
+        when it has fewer distinct keys. Raises ValueError for an unknown or
+        repeated operation, no keys, or a key that is not six such digits.
+        """
+        numbering = tuple(OPS if ops is None else ops)
+        unknown = [op for op in numbering if op not in OPS]
+        if unknown or not numbering or len(set(numbering)) != len(numbering):
+            raise ValueError(
+                f"nasbench201: table operations {', '.join(numbering) or '(none)'} must be "
+                f"distinct names among {', '.join(OPS)}"
+            )
+        seen: list[set[str]] = [set() for _ in EDGE_KEYS]
+        for key in keys:
+            if len(key) != len(EDGE_KEYS) or not all(
+                digit.isdigit() and int(digit) < len(numbering) for digit in key
+            ):
+                raise ValueError(
+                    f"nasbench201: table key {key!r} is not {len(EDGE_KEYS)} digits 0-"
+                    f"{len(numbering) - 1} (one per edge, numbering {', '.join(numbering)})"
+                )
+            for edge, digit in enumerate(key):
+                seen[edge].add(numbering[int(digit)])
+        if not seen[0]:
+            raise ValueError("nasbench201: the table has no cells")
+        self._key_ops = numbering
+        self._edge_ops = {
+            key: tuple(op for op in OPS if op in found) for key, found in zip(EDGE_KEYS, seen)
+        }
+        return math.prod(len(choices) for choices in self._edge_ops.values())
 
     @classmethod
     def test_options(cls) -> dict[str, Any]:
@@ -192,10 +246,12 @@ class NASBench201(SearchSpace):
         return {"channels": 4, "cells_per_stage": 1, "stages": 2}
 
     def sample_config(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
-        return {
-            key: hp.Choice(f"nasbench201/{key}", list(OPS), default=DEFAULT_CELL[key])
-            for key in EDGE_KEYS
-        }
+        config = {}
+        for key in EDGE_KEYS:
+            choices = self._edge_ops[key]
+            default = DEFAULT_CELL[key] if DEFAULT_CELL[key] in choices else choices[0]
+            config[key] = hp.Choice(f"nasbench201/{key}", list(choices), default=default)
+        return config
 
     def build(self, config: Config, input_shape: tuple[int, int, int]) -> keras.Model:
         _check_config(config)
@@ -243,4 +299,12 @@ class NASBench201(SearchSpace):
         return [CellGraph("cell", ("node0",), ("node1", "node2"), "node3", edges)]
 
     def table_key(self, config: Config) -> str:
-        return table_key(config)
+        """The cell's key in the table's numbering (NAS-Bench-201's unless `use_table` said)."""
+        _check_config(config)
+        missing = [config[key] for key in EDGE_KEYS if config[key] not in self._key_ops]
+        if missing:
+            raise ValueError(
+                f"nasbench201: {missing[0]} is not among the table's operations "
+                f"({', '.join(self._key_ops)})"
+            )
+        return "".join(str(self._key_ops.index(config[key])) for key in EDGE_KEYS)

@@ -21,6 +21,7 @@ TINY = [
     "--episodes_per_trial=8",
     "--eval_episodes=4",
     "--n_query=3",
+    "--test_episodes=4",
     "--fix_hparams=conv_blocks/depth=3,conv_blocks/filters=32,conv_blocks/growth=1.0,train/learning_rate=0.002",
 ]
 

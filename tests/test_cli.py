@@ -65,7 +65,9 @@ def test_search_writes_every_promised_file(finished_run):
     assert (export / "saved_model.pb").is_file()
     metadata = read_json(export / "assets" / "metasearch.json")
     assert metadata["plugin"] == "protonet" and metadata["dataset"] == "glyphs"
-    assert metadata["trial_id"] == results["best_trial"]
+    # The export is the final phase's learner: the best trial, trained further.
+    assert metadata["source_trial"] == results["best_trial"]
+    assert metadata["trial_id"] == f"final:{results['final']['final_id']}"
     assert {"tensorflow", "keras", "metasearch"} <= set(metadata["versions"])
     assert "Leaderboard" in result.stdout and str(export) in result.stdout
     assert "trial 0 (1 of 2)" in result.stdout  # progress display

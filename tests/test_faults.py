@@ -149,7 +149,7 @@ def test_a_full_disk_stops_the_search_in_one_line_and_loses_nothing(finished_run
         k: v for k, v in kept.items() if k.startswith("keras_tuner")
     }
     exported = read_json(out / "export" / "best_learner" / "assets" / "metasearch.json")
-    assert exported["trial_id"] == _best(out)
+    assert exported["source_trial"] == _best(out)  # the final phase's learner of the best
 
 
 # --------------------------------------------------------------------------- damaged files
@@ -191,7 +191,7 @@ def test_a_damaged_trial_is_set_aside_and_the_intact_best_exported(
     assert _hashes(out, f"keras_tuner/trial_{intact}") == kept_intact
     assert _hashes(out, f"keras_tuner/trial_{damaged}") == kept_damaged, "the damaged files changed"
     metadata = read_json(out / "export" / "best_learner" / "assets" / "metasearch.json")
-    assert metadata["trial_id"] == intact
+    assert metadata["source_trial"] == intact  # the final phase's learner of the intact best
     if which == "best":
         # The export of the trial now set aside is intact: kept under its trial's name.
         moved = {
@@ -215,13 +215,20 @@ def test_damaged_weights_of_the_best_trial_pass_the_export_to_the_next_best(fini
     refused = run_cli_in_process("export", f"--output_dir={out}", f"--trial={best}")
     _one_line(refused, 2, f"{weights} is damaged (")
     assert not (out / "export" / f"trial_{best}_learner").exists()
-    # The best export is intact: kept. Without it, the search exports the next best trial.
+    # The final learner (its own weights) is intact: the search exports it again.
     shutil.rmtree(out / "export")
+    result = run_cli_in_process(*_args(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metadata = read_json(out / "export" / "best_learner" / "assets" / "metasearch.json")
+    assert metadata["source_trial"] == best
+    # Without the final learner and the export, the final phase starts from the next best trial.
+    shutil.rmtree(out / "export")
+    shutil.rmtree(out / "final")
     result = run_cli_in_process(*_args(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"note: trial {best} set aside: {weights} is damaged (" in result.stdout
     metadata = read_json(out / "export" / "best_learner" / "assets" / "metasearch.json")
-    assert metadata["trial_id"] == other
+    assert metadata["source_trial"] == other
 
 
 def test_a_damaged_config_is_named_with_the_command_that_rebuilds_it(finished_run, tmp_path):

@@ -48,3 +48,55 @@ def test_sigkill_mid_trial_then_rerun_finishes_without_double_counting(tmp_path)
 
     resumed = summaries.read_trial(str(out / "tensorboard" / "trial_1"))
     assert len(resumed.hparams) == 1 and resumed.statuses == ["STATUS_SUCCESS"]
+
+
+def test_sigkill_mid_trial_resumes_the_trial_from_its_checkpoint(tmp_path):
+    import re
+
+    from metasearch import summaries
+
+    out = tmp_path / "out"
+    total = 600
+    args = [a for a in TINY if not a.startswith("--episodes_per_trial")]
+    args += [
+        "--max_trials=1",
+        f"--episodes_per_trial={total}",
+        "--checkpoint_seconds=1",
+        "--final_top_k=0",
+        "--test_episodes=10",
+        f"--output_dir={out}",
+    ]
+    checkpoint = out / "keras_tuner" / "trial_0" / "checkpoint.npz"
+    progress = re.compile(r"\] (\d+)/(\d+) steps")
+
+    def halfway_and_checkpointed(seen):
+        # Progress lines come every quarter of the trial (stdout is not a terminal).
+        match = progress.search(seen[-1])
+        return bool(match) and int(match.group(1)) >= total // 2 and checkpoint.exists()
+
+    returncode, seen = kill_cli_when(args, halfway_and_checkpointed)
+    assert returncode == -signal.SIGKILL
+    assert not (out / "keras_tuner" / "trial_0" / "metasearch_trial.json").exists()
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    note = re.search(r"trial 0 resumes from its checkpoint at episode (\d+) of (\d+)", again.stdout)
+    assert note, again.stdout
+    resumed_at = int(note.group(1))
+    assert 0 < resumed_at < total and int(note.group(2)) == total
+    (trial,) = read_json(out / "results.json")["trials"]
+    assert trial["status"] == "COMPLETED"
+    assert trial["episodes"] == total and trial["resumed_from_episode"] == resumed_at
+    assert not checkpoint.exists(), "a finished trial keeps no checkpoint"
+    # The rerun trained only the episodes left (one per step): its progress bar and its
+    # TensorBoard curve start after the checkpoint and end at the requested total.
+    left = total - resumed_at
+    bars = [m.groups() for m in map(progress.search, again.stdout.splitlines()) if m]
+    assert bars and bars[-1] == (str(left), str(left)), again.stdout
+    steps = [
+        step
+        for step, _ in summaries.read_trial(str(out / "tensorboard" / "trial_0")).scalars[
+            "train/loss"
+        ]
+    ]
+    assert min(steps) > resumed_at and max(steps) == total

@@ -289,7 +289,7 @@ def test_no_duplicate_proposals(strategy):
     oracle = oracle_for(strategy, small_space(), max_trials=27, **options)
     seen = []
     for _ in range(27):
-        trial = run_trial(oracle, lambda t: sum(t.hyperparameters.values.values()))
+        trial = run_trial(oracle, lambda t: sum(t.hyperparameters.values[n] for n in "abc"))
         if trial.status == "STOPPED":
             break
         seen.append(tuple(sorted(trial.hyperparameters.values.items())))
@@ -427,6 +427,51 @@ def test_candidate_filter_rejecting_everything_stops_the_search(strategy):
     assert "rejected 100 candidates in a row (last: too big)" in oracle.stop_reason
 
 
+class NamedFilter:
+    """A filter as `metasearch.tabular.MissingCells` is: a name and its own attempt budget."""
+
+    name = "the table"
+
+    def __init__(self, reject, max_attempts=250):
+        self.reject, self.max_attempts = reject, max_attempts
+
+    def __call__(self, values):
+        return "not in it" if self.reject(values) else None
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_filter_may_allow_more_attempts_and_names_itself(strategy):
+    oracle = oracle_for(strategy, cell_space(), max_trials=40)
+    oracle.candidate_filter = NamedFilter(lambda values: True)
+    assert oracle.max_filter_attempts == 250
+    assert oracle.create_trial("t0").status == "STOPPED" and not oracle.trials
+    assert len(oracle.rejected) == 250
+    assert oracle.stop_reason == (
+        "the table rejected 250 candidates in a row (last: not in it); the search stops"
+    )
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_search_that_runs_out_of_accepted_candidates_stops_saying_so(strategy):
+    # 12 of the 27 candidates pass; Bayesian optimisation proposes after 3 of them.
+    options = {"num_initial_points": 3} if strategy == "bayesian" else {}
+    oracle = oracle_for(strategy, small_space(), max_trials=40, **options)
+    oracle.candidate_filter = NamedFilter(lambda v: v["a"] == 2 or v["b"] == 1)
+    trials = []
+    for _ in range(40):
+        trial = run_trial(oracle, lambda t: sum(t.hyperparameters.values[n] for n in "abc"))
+        if trial.status != "COMPLETED":
+            break
+        trials.append({n: trial.hyperparameters.values[n] for n in "abc"})
+    assert trial.status == "STOPPED"
+    assert trials and all(v["a"] != 2 and v["b"] != 1 for v in trials)
+    if strategy != "hyperband":  # Hyperband's promotions rerun candidates
+        assert len({json.dumps(v, sort_keys=True) for v in trials}) == len(trials) <= 12
+    assert oracle.stop_reason.startswith("no untried candidate is left that the table accepts ("), (
+        oracle.stop_reason
+    )
+
+
 def test_controller_learns_from_rejections():
     oracle = oracle_for("controller", cell_space())
     oracle.candidate_filter = lambda v: "no" if v["nasbench201/edge_1_2"] != OPS[0] else None
@@ -504,3 +549,58 @@ def test_evolution_beats_random_on_nasbench201():
             finals.append(max(tabular.simulate(oracle, evaluate, 100, "score")))
         best[strategy] = float(np.mean(finals))
     assert best["evolution"] > best["random"], best
+
+
+# --------------------------------------------------------------------------- the default first
+
+
+def default_space(hp=None) -> keras_tuner.HyperParameters:
+    """Choices whose defaults are not their first values, a float, and a conditional one."""
+    hp = hp or keras_tuner.HyperParameters()
+    hp.Choice("depth", [2, 3, 4], default=4)
+    hp.Choice("metric", ["cosine", "sqeuclidean"], default="sqeuclidean")
+    hp.Float("rate", 1e-4, 1e-2, sampling="log", default=1e-3)
+    with hp.conditional_scope("metric", ["cosine"]):
+        hp.Float("temperature", 1.0, 30.0, default=10.0)
+    return hp
+
+
+DEFAULTS = {"depth": 4, "metric": "sqeuclidean", "rate": 1e-3}
+
+
+@pytest.mark.parametrize("strategy", ["random", "bayesian", "evolution", "controller"])
+def test_a_trained_search_starts_from_the_default_configuration(strategy):
+    oracle = oracle_for(strategy, default_space(), max_trials=6)
+    oracle.start_from_default = True
+    first = run_trial(oracle, lambda t: 0.5)
+    assert first.hyperparameters.values == DEFAULTS  # the inactive temperature is left out
+    later = [run_trial(oracle, lambda t: 0.5).hyperparameters.values for _ in range(5)]
+    assert DEFAULTS not in later  # proposed once, then the strategy's own proposals
+    assert oracle.get_state()["default_first"] == {"proposed": True}
+
+
+def test_the_default_first_is_off_unless_asked_and_survives_a_resume():
+    oracle = oracle_for("random", default_space(), seed=3, max_trials=4)
+    assert run_trial(oracle, lambda t: 0.5).hyperparameters.values != DEFAULTS
+    resumed = oracle_for("random", default_space(), seed=3, max_trials=4)
+    resumed.start_from_default = True
+    resumed.set_state({**resumed.get_state(), "default_first": {"proposed": True}})
+    assert run_trial(resumed, lambda t: 0.5).hyperparameters.values != DEFAULTS
+
+
+def test_fixed_hyperparameters_stay_fixed_in_the_default_configuration():
+    fixed = keras_tuner.HyperParameters()
+    fixed.Fixed("depth", 2)  # as --fix_hparams does: fixed first, then the space declared
+    hp = default_space(fixed)
+    oracle = oracle_for("random", hp, max_trials=3)
+    oracle.start_from_default = True
+    assert run_trial(oracle, lambda t: 0.5).hyperparameters.values == {**DEFAULTS, "depth": 2}
+
+
+@pytest.mark.parametrize("strategy", ["hyperband", "grid"])
+def test_strategies_with_their_own_order_do_not_start_from_the_default(strategy):
+    oracle = oracle_for(strategy, small_space(), max_trials=3)
+    oracle.start_from_default = True
+    assert type(oracle).STARTS_FROM_DEFAULT is False
+    trial = run_trial(oracle, lambda t: 0.5)
+    assert trial.status in ("RUNNING", "COMPLETED")

@@ -113,3 +113,47 @@ def test_a_meta_batch_step_averages_the_loss_over_its_episodes_and_consumes_them
 def episodes_tensors(episodes):
     """A list of same-shaped episodes as one nest of stacked tensors."""
     return tf.nest.map_structure(lambda *parts: tf.stack(parts), *episodes)
+
+
+def test_a_restored_checkpoint_trains_on_exactly_as_the_uninterrupted_trainer(tmp_path):
+    import keras
+
+    task = testing.tiny_task()
+    episodes = [testing.tiny_episode(task, seed=s) for s in range(8)]
+
+    def fresh_trainer():
+        keras.backend.clear_session()  # the same variable names, as each trial gets
+        _, learner = _small_protonet()
+        trainer = MetaTrainer(learner, (0.5, 0.3), 1e-2, 8, jit_compile=False)
+        trainer.build(episodes[0])
+        return trainer
+
+    def values(trainer):
+        return [v.numpy() for group in trainer.checkpoint_variables().values() for v in group]
+
+    whole = fresh_trainer()
+    whole.train(iter(episodes), 8, check_every=1)
+    expected = values(whole)
+
+    path = str(tmp_path / "checkpoint.npz")
+    killed = fresh_trainer()
+
+    def save(state):
+        state.extra = {"trial": "7"}
+        killed.save_checkpoint(path, state)
+
+    killed.train(iter(episodes), 3, check_every=1, on_checkpoint=save, checkpoint_seconds=1e-9)
+    at_kill = values(killed)
+
+    resumed = fresh_trainer()
+    state = resumed.restore_checkpoint(path)
+    assert (state.step, state.extra, len(state.losses)) == (3, {"trial": "7"}, 3)
+    assert int(resumed.optimizer.iterations) == 3  # the cosine decay goes on from step 3
+    for restored, saved in zip(values(resumed), at_kill, strict=True):
+        np.testing.assert_array_equal(restored, saved)
+    summary = resumed.train(iter(episodes[3:]), 8, check_every=1, resume=state)
+    assert int(resumed.optimizer.iterations) == 8
+    for got, want in zip(values(resumed), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert summary["train_seconds"] >= state.train_seconds
+    assert np.isfinite(summary["train_loss"])

@@ -136,6 +136,7 @@ class Glyphs(Dataset):
     """
 
     channels = 1
+    TEST_WAYS = (5, 20)
     data_seed = 20161104
     OPTIONS = (
         Option("classes", int, DEFAULT_CLASSES, "number of generated classes"),

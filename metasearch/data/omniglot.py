@@ -305,6 +305,7 @@ class Omniglot(Dataset):
     """
 
     channels = 1
+    TEST_WAYS = (5, 20)
     OPTIONS = (
         Option(
             "train",

@@ -21,7 +21,8 @@ from metasearch.distributed import LivenessMixin
 from metasearch.options import Option
 
 RUNNING, IDLE, STOPPED = "RUNNING", "IDLE", "STOPPED"
-# How many candidates in a row the constraint may reject before the search stops.
+# How many candidates in a row the constraint may reject before the search stops
+# (unless the filter says otherwise: its `max_attempts`).
 MAX_FILTER_ATTEMPTS = 100
 
 CandidateFilter = Callable[[dict[str, Any]], "str | None"]
@@ -76,12 +77,16 @@ class ConstraintMixin:
     `candidate_filter` is None (accept all) or a callable `values -> str | None`
     returning why a candidate is rejected, or None to accept it. With a filter
     set, a rejected candidate never becomes a trial: the strategy is told
-    (`on_candidate_rejected`) and proposes again, up to `MAX_FILTER_ATTEMPTS`
-    times per trial; then the oracle returns STOPPED and records why in
-    `stop_reason`. Verdicts are cached by value hash (a candidate is never
-    checked twice), rejected candidates count as already tried
-    (`is_duplicate`), and every rejection is kept in `rejected` as
-    `{"values": ..., "reason": ...}`, part of the oracle's saved state.
+    (`on_candidate_rejected`) and proposes again, up to `max_filter_attempts`
+    times per trial (`MAX_FILTER_ATTEMPTS`, or the filter's own `max_attempts`
+    when it has one: a cheap check, such as a table's, may allow more); then,
+    or when the strategy has no untried candidate left after rejections, the
+    oracle returns STOPPED and records why in `stop_reason` (naming the
+    filter by its `name`, default "the constraint"). Verdicts are cached by
+    value hash (a candidate is never checked twice), rejected candidates
+    count as already tried (`is_duplicate`), and every rejection is kept in
+    `rejected` as `{"values": ..., "reason": ...}`, part of the oracle's saved
+    state.
 
     It sits in front of a `metasearch.kt_adapter` oracle, whose public hooks it uses.
     """
@@ -98,11 +103,24 @@ class ConstraintMixin:
         self._rejected_reasons: dict[str, str] = {}
         super().__init__(*args, **kwargs)
 
+    @property
+    def max_filter_attempts(self) -> int:
+        """Candidates the filter may reject in a row before the search stops."""
+        return int(getattr(self.candidate_filter, "max_attempts", MAX_FILTER_ATTEMPTS))
+
     # keras-tuner calls `populate_space`; strategies implement `propose`.
     def populate_space(self, trial_id):
-        if self.candidate_filter is None or self.FILTERS_ITSELF:
+        if self.candidate_filter is None:
             return self.propose(trial_id)
-        for _ in range(MAX_FILTER_ATTEMPTS):
+        response = self.propose(trial_id) if self.FILTERS_ITSELF else self._filtered(trial_id)
+        if response.get("status") == STOPPED and self.rejected and self.stop_reason is None:
+            # The strategy ran out of candidates after rejections: say so.
+            return self.stop_for_filter(exhausted=True)
+        return response
+
+    def _filtered(self, trial_id) -> dict[str, Any]:
+        """The strategy's first proposal the filter accepts (or why there is none)."""
+        for _ in range(self.max_filter_attempts):
             response = self.propose(trial_id)
             if response.get("status") != RUNNING:
                 return response
@@ -135,13 +153,24 @@ class ConstraintMixin:
     def on_candidate_rejected(self, values: Mapping[str, Any], reason: str) -> None:
         """Tells the strategy a candidate was rejected (default: nothing to learn)."""
 
-    def stop_for_filter(self) -> dict[str, Any]:
-        """Records why the constraint stops the search; returns the STOPPED response."""
-        self.stop_reason = (
-            f"the constraint rejected {MAX_FILTER_ATTEMPTS} candidates in a row "
-            f"(last: {self.rejected[-1]['reason'] if self.rejected else 'none'}); "
-            "the search stops"
-        )
+    def stop_for_filter(self, exhausted: bool = False) -> dict[str, Any]:
+        """Records why the constraint stops the search; returns the STOPPED response.
+
+        The filter rejected `max_filter_attempts` candidates in a row, or
+        (`exhausted`) the strategy has no untried candidate left after rejections.
+        """
+        name = getattr(self.candidate_filter, "name", "the constraint")
+        last = self.rejected[-1]["reason"] if self.rejected else "none"
+        if exhausted:
+            self.stop_reason = (
+                f"no untried candidate is left that {name} accepts ({len(self.rejected)} "
+                f"rejected, last: {last}); the search stops"
+            )
+        else:
+            self.stop_reason = (
+                f"{name} rejected {self.max_filter_attempts} candidates in a row "
+                f"(last: {last}); the search stops"
+            )
         return {"status": STOPPED, "values": None}
 
     def is_duplicate(self, values):
@@ -161,10 +190,88 @@ class ConstraintMixin:
         self._rejected_reasons = {self.values_hash(r["values"]): r["reason"] for r in self.rejected}
 
 
+# --------------------------------------------------------------------------- the stop condition
+
+
+class StopConditionMixin:
+    """A condition that ends the search before the strategy runs out (part of `StrategyOracle`).
+
+    `stop_condition` is None or a callable returning why no new trial should
+    start (e.g. the time budget's search share is spent), or None to go on.
+    It is asked before every proposal; when it answers, the oracle records
+    the reason in `stop_reason` and returns STOPPED, so local searches and
+    the workers of a distributed one stop alike. Running trials finish.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self.stop_condition: Callable[[], str | None] | None = None
+        super().__init__(*args, **kwargs)
+
+    def populate_space(self, trial_id):
+        why = self.stop_condition() if self.stop_condition is not None else None
+        if why:
+            self.stop_reason = why
+            return {"status": STOPPED, "values": None}
+        return super().populate_space(trial_id)
+
+
+# --------------------------------------------------------------------------- the default first
+
+
+def default_values(hyperparameters: hp_module.HyperParameters) -> dict[str, Any]:
+    """Every active hyperparameter at its declared default (a `Fixed` one at its value)."""
+    hps = hp_module.HyperParameters()
+    for hp in hyperparameters.space:
+        hps.merge([hp])
+        if hps.is_active(hp):
+            hps.values[hp.name] = hp.value if isinstance(hp, hp_module.Fixed) else hp.default
+    return dict(hps.values)
+
+
+class DefaultFirstMixin:
+    """Proposes the default configuration as the first trial (part of `StrategyOracle`).
+
+    With `start_from_default` set (the search sets it for trained searches),
+    the first candidate is every hyperparameter at its declared default: the
+    search space's and the plugin's defaults and the default learning rate,
+    so a search starts from a known baseline and can only add to it. Then
+    the strategy proposes as usual (it sees the default trial like any other
+    completed trial). A strategy whose proposals carry their own bookkeeping
+    (Hyperband's brackets, the grid's walk) sets `STARTS_FROM_DEFAULT = False`.
+    Whether the default was proposed is part of the saved state.
+    """
+
+    STARTS_FROM_DEFAULT: ClassVar[bool] = True
+
+    def __init__(self, *args, **kwargs):
+        self.start_from_default = False
+        self.default_proposed = False
+        super().__init__(*args, **kwargs)
+
+    def populate_space(self, trial_id):
+        if self.start_from_default and self.STARTS_FROM_DEFAULT and not self.default_proposed:
+            self.default_proposed = True
+            values = default_values(self.hyperparameters)
+            if not self.is_duplicate(values) and self.check_candidate(values) is None:
+                return {"status": RUNNING, "values": values}
+        return super().populate_space(trial_id)
+
+    def get_state(self):
+        state = super().get_state()
+        state["default_first"] = {"proposed": self.default_proposed}
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.default_proposed = bool(state.get("default_first", {}).get("proposed", False))
+
+
 # --------------------------------------------------------------------------- the base class
 
 
-class StrategyOracle(LivenessMixin, ConstraintMixin, kt_adapter.Oracle):
+class StrategyOracle(
+    LivenessMixin, StopConditionMixin, DefaultFirstMixin, ConstraintMixin, kt_adapter.Oracle
+):
     """The base class of every search strategy: a keras-tuner oracle metasearch can drive.
 
     The contract a strategy (built in or from another package) implements:
@@ -257,6 +364,18 @@ class StrategyOracle(LivenessMixin, ConstraintMixin, kt_adapter.Oracle):
             # The space is exhausted, unless running trials may add hyperparameters.
             return {"status": IDLE if self.ongoing_trials else STOPPED, "values": None}
         return {"status": RUNNING, "values": values}
+
+    def filtered_random_response(self) -> dict[str, Any]:
+        """`random_response()` the filter accepts (for a strategy that filters itself)."""
+        if self.candidate_filter is None:
+            return self.random_response()
+        for _ in range(self.max_filter_attempts):
+            response = self.random_response()
+            if response["status"] != RUNNING:
+                return response
+            if self.check_candidate(response["values"]) is None:
+                return response
+        return self.stop_for_filter()
 
     def complete_values(self, values: Mapping[str, Any], rng: np.random.Generator):
         """`values` restricted to the active hyperparameters, new active ones drawn."""

@@ -15,7 +15,6 @@ from scipy import stats
 from metasearch import kt_adapter
 from metasearch.options import Option
 from metasearch.strategies.base import (
-    MAX_FILTER_ATTEMPTS,
     RUNNING,
     StrategyOracle,
     draw,
@@ -165,15 +164,7 @@ class BayesianOracle(StrategyOracle, kt_adapter.BayesianOptimizationOracle):
         completed = self.completed_in_order()
         dimensions = len([hp for hp in self.hyperparameters.space if is_mutable(hp)])
         if len(completed) < (self.num_initial_points or max(3 * dimensions, 3)):
-            if self.candidate_filter is None:
-                return self.random_response()
-            for _ in range(MAX_FILTER_ATTEMPTS):
-                response = self.random_response()
-                if response["status"] != RUNNING:
-                    return response
-                if self.check_candidate(response["values"]) is None:
-                    return response
-            return self.stop_for_filter()
+            return self.filtered_random_response()
 
         x = self._encode([t.hyperparameters.values for t in completed])
         y = np.array([self.goodness(t.score) for t in completed])
@@ -222,15 +213,16 @@ class BayesianOracle(StrategyOracle, kt_adapter.BayesianOptimizationOracle):
             pool.setdefault(key(values), values)
         candidates = [values for k, values in pool.items() if k not in tried]
         if not candidates:
-            return self.random_response()
+            return self.filtered_random_response()
         mean, std = model.predict(self._encode(candidates), return_std=True)
         order = np.argsort(-(mean + self.beta * std), kind="stable")
         for attempt, index in enumerate(order):
-            if attempt >= MAX_FILTER_ATTEMPTS:
+            if attempt >= self.max_filter_attempts:
                 return self.stop_for_filter()
             if self.check_candidate(candidates[index]) is None:
                 return {"status": RUNNING, "values": candidates[index]}
-        return self.random_response()
+        # No candidate of the pool passed the filter: an accepted random one.
+        return self.filtered_random_response()
 
     def get_state(self):
         state = super().get_state()

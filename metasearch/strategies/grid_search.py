@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from metasearch import kt_adapter
-from metasearch.strategies.base import IDLE, MAX_FILTER_ATTEMPTS, RUNNING, STOPPED, StrategyOracle
+from metasearch.strategies.base import IDLE, RUNNING, STOPPED, StrategyOracle
 
 
 class GridOracle(StrategyOracle, kt_adapter.GridSearchOracle):
@@ -15,6 +15,9 @@ class GridOracle(StrategyOracle, kt_adapter.GridSearchOracle):
     rejected combination is skipped in place (the walk goes on to the
     combination after it) instead of re-asking the walk.
     """
+
+    # The grid walks from tried combinations; it covers the default anyway.
+    STARTS_FROM_DEFAULT = False
 
     FILTERS_ITSELF = True
 
@@ -29,7 +32,7 @@ class GridOracle(StrategyOracle, kt_adapter.GridSearchOracle):
             values = {hp.name: hp.default for hp in hps.space if hps.is_active(hp)}
             while values is not None and self.check_candidate(values) is not None:
                 attempts += 1
-                if attempts >= MAX_FILTER_ATTEMPTS:
+                if attempts >= self.max_filter_attempts:
                     return self.stop_for_filter()
                 values = self.next_combination(values)
             if values is None:
@@ -41,7 +44,7 @@ class GridOracle(StrategyOracle, kt_adapter.GridSearchOracle):
             new_values = self.next_combination(self.trials[old_trial_id].hyperparameters.values)
             while new_values is not None and self.check_candidate(new_values) is not None:
                 attempts += 1
-                if attempts >= MAX_FILTER_ATTEMPTS:
+                if attempts >= self.max_filter_attempts:
                     walk.insert(0, old_trial_id)
                     return self.stop_for_filter()
                 new_values = self.next_combination(new_values)

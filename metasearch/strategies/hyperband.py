@@ -6,7 +6,7 @@ import math
 
 from metasearch import kt_adapter
 from metasearch.options import Option
-from metasearch.strategies.base import MAX_FILTER_ATTEMPTS, StrategyOracle
+from metasearch.strategies.base import StrategyOracle
 
 
 class HyperbandOracle(StrategyOracle, kt_adapter.HyperbandOracle):
@@ -18,6 +18,9 @@ class HyperbandOracle(StrategyOracle, kt_adapter.HyperbandOracle):
     `tuner/epochs` are budget units: the tuner gives a trial of `max_epochs`
     units the whole `--episodes_per_trial`.
     """
+
+    # Its brackets carry their own bookkeeping (tuner/epochs, promotions).
+    STARTS_FROM_DEFAULT = False
 
     OPTIONS = (
         Option(
@@ -49,7 +52,7 @@ class HyperbandOracle(StrategyOracle, kt_adapter.HyperbandOracle):
     def random_values(self):
         if self.candidate_filter is None:
             return super().random_values()
-        for _ in range(MAX_FILTER_ATTEMPTS):
+        for _ in range(self.max_filter_attempts):
             values = super().random_values()
             if values is None or self.check_candidate(values) is None:
                 return values

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -231,3 +232,71 @@ def test_bad_configs_and_options_raise():
         NASBench201({"cells_per_stage": 0})
     with pytest.raises(ValueError):
         NASBench201({"stages": 0})
+
+
+# --------------------------------------------------------------------------- other tables
+
+TRANSNAS_OPS = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3"]
+
+
+def test_use_table_restricts_each_edge_and_numbers_keys_as_the_table():
+    space = NASBench201()
+    keys = ["".join(cell) for cell in itertools.product("0123", repeat=6)]
+    assert space.use_table(keys, TRANSNAS_OPS) == 4**6
+    hp = keras_tuner.HyperParameters()
+    config = space.sample_config(hp)
+    for parameter in hp.space:
+        # In the space's own order (avg_pool_3x3 is gone), whatever the table's numbering.
+        assert list(parameter.values) == ["skip_connect", "none", "nor_conv_3x3", "nor_conv_1x1"]
+    assert config == {
+        "edge_1_2": "nor_conv_3x3",
+        "edge_1_3": "nor_conv_1x1",
+        "edge_1_4": "skip_connect",
+        "edge_2_3": "nor_conv_3x3",
+        "edge_2_4": "nor_conv_1x1",
+        "edge_3_4": "nor_conv_3x3",
+    }
+    # The table's digits: 0 none, 1 skip, 2 1x1, 3 3x3 (describe keeps NAS-Bench-201's).
+    assert space.table_key(config) == "321323"
+    assert space.describe(config).startswith("nb201 230232 ")
+    with pytest.raises(ValueError, match="avg_pool_3x3 is not among the table's operations"):
+        space.table_key(dict(config, edge_1_2="avg_pool_3x3"))
+
+
+def test_use_table_offers_per_edge_what_the_keys_have_with_a_valid_default():
+    space = NASBench201()
+    # Edge (1,2) only ever avg_pool_3x3 (digit 4); the others skip_connect or none.
+    keys = ["4" + "".join(rest) for rest in itertools.product("01", repeat=5)][:-1]
+    assert space.use_table(keys) == 2**5  # one cell of the product is missing
+    hp = keras_tuner.HyperParameters()
+    config = space.sample_config(hp)
+    assert [list(p.values) for p in hp.space] == [["avg_pool_3x3"]] + [["skip_connect", "none"]] * 5
+    assert config["edge_1_2"] == "avg_pool_3x3" and config["edge_1_4"] == "skip_connect"
+    assert config["edge_1_3"] == "skip_connect"  # the default cell's 1x1 is not offered
+
+
+@pytest.mark.parametrize(
+    "keys, ops, message",
+    [
+        (["000000"], ["none", "conv5"], "must be distinct names among"),
+        (["000000"], ["none", "none"], "must be distinct names among"),
+        (["00000"], None, "table key '00000' is not 6 digits 0-4"),
+        (["000004"], TRANSNAS_OPS, "table key '000004' is not 6 digits 0-3"),
+        (["00000a"], None, "is not 6 digits"),
+        ([], None, "the table has no cells"),
+    ],
+)
+def test_use_table_refuses_what_it_cannot_read(keys, ops, message):
+    space = NASBench201()
+    with pytest.raises(ValueError, match=message):
+        space.use_table(keys, ops)
+    assert space.table_key(config_from_arch_string(BEST)) == "230232"  # left as it was
+
+
+def test_use_table_with_the_full_table_changes_nothing(table_rows):
+    space = NASBench201()
+    assert space.use_table([row["op_indices"] for row in table_rows]) == len(table_rows)
+    declared, plain = keras_tuner.HyperParameters(), keras_tuner.HyperParameters()
+    space.sample_config(declared)
+    NASBench201().sample_config(plain)
+    assert declared.get_config() == plain.get_config()
