@@ -32,6 +32,7 @@ PROGRAM = textwrap.dedent(
             max_trials=2,
             episodes_per_trial=6,
             eval_episodes=3,
+            test_episodes=5,
             n_query=2,
             progress=False,
             dataset_options={"classes": 60},
@@ -50,7 +51,8 @@ PROGRAM = textwrap.dedent(
             "best": result.best_trial["trial_id"],
             "export_dir": result.export_dir,
             "leaderboard": result.leaderboard.splitlines()[0],
-            "run_best": run.trial("best")["trial_id"],
+            # "best" of a run with a final phase is its final learner, from the best trial.
+            "run_best": run.trial("best")["source_trial"],
             "n_way": task.n_way,
             "weights": len(learner.weights),
             "metasearch_flags": sorted(

@@ -89,7 +89,8 @@ def test_nasnet_search_on_omniglot_then_cell_export_loads_in_plain_tensorflow(
     # The same inputs through the trained cell rebuilt in process give the same outputs.
     from metasearch import controller
 
-    learner, space, architecture = controller.restore_trial(str(out), best)
+    # "best" is the final phase's learner: the best trial trained further, as exported.
+    learner, space, architecture = controller.restore_trial(str(out), "best")
     cells = space.cells(architecture, learner.backbone)
     for name in ("normal", "reduction"):
         inputs = loaded["outputs"][name]["inputs"]

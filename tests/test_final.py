@@ -91,8 +91,14 @@ def test_final_top_k_zero_meta_tests_the_best_trial_as_trained(tmp_path):
 @pytest.mark.slow
 def test_a_time_budget_ends_the_search_and_feeds_the_final_phase(tmp_path):
     out = tmp_path / "run"
+    # Trials of 40 episodes: the budget ends the search before the 8 candidates TINY leaves do.
     result = run_cli(
-        f"--output_dir={out}", "--time_budget=40s", "--final_share=0.3", "--noprogress", *TINY
+        *TINY,
+        f"--output_dir={out}",
+        "--time_budget=40s",
+        "--final_share=0.3",
+        "--episodes_per_trial=40",
+        "--noprogress",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "trials for 28s of a 40s budget" in result.stdout
