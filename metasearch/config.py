@@ -19,6 +19,8 @@ import dataclasses
 import json
 from typing import Any
 
+from metasearch.errors import UsageError
+
 # Fields that change what a run computes. A rerun into an existing output
 # directory must agree on all of them; `max_trials` may grow to extend a search.
 IDENTITY_FIELDS = (
@@ -44,6 +46,9 @@ IDENTITY_FIELDS = (
     "image_size",
     "seed",
     "start_from_default",
+    "racing",
+    "racing_rungs",
+    "racing_episodes",
     "dataset_options",
     "strategy_options",
     "space_options",
@@ -99,10 +104,18 @@ class RunConfig:
     `time_budget` (`"30m"`, `"2h"`, see `parse_duration`) bounds the whole
     job, search and final phase together; without it `max_trials` (default
     4) bounds the search. `start_from_default` makes the first trial the
-    default configuration. The final phase trains the `final_top_k` best
+    default configuration. `racing="paired"` stops a trial at a rung
+    (`racing_rungs`, fractions of its episodes) where it is clearly worse
+    than the leader on the same `racing_episodes` validation episodes
+    (`metasearch.racing`). The final phase trains the `final_top_k` best
     candidates further (with the last `final_share` of the time budget, or
     `final_episodes` episodes, default `episodes_per_trial`, without one),
     then scores the chosen one on `test_episodes` meta-test episodes.
+
+    `devices` splits each meta-training step's `meta_batch_size` episodes
+    across that many devices (`metasearch.devices`; the same results as one
+    device within float rounding, so not part of the identity); it must
+    divide `meta_batch_size`.
     """
 
     dataset: str = "glyphs"
@@ -134,6 +147,7 @@ class RunConfig:
     output_dir: str = "runs/metasearch"
     overwrite: bool = False
     jit_compile: str = "auto"
+    devices: int = 1
     progress: bool = True
     worker_timeout: int = 120
     cache_memory: int = 8192
@@ -141,6 +155,9 @@ class RunConfig:
     strategy_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     space_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     plugin_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    racing: str = "none"
+    racing_rungs: tuple[float, ...] = (0.111, 0.333)
+    racing_episodes: int = 100
     final_top_k: int = 1
     final_share: float = 0.25
     final_episodes: int | None = None
@@ -151,6 +168,13 @@ class RunConfig:
             object.__setattr__(self, "train_n_way", self.n_way)
         if self.max_trials is None and self.time_budget is None:
             object.__setattr__(self, "max_trials", DEFAULT_MAX_TRIALS)
+        if self.devices < 1:
+            raise UsageError(f"--devices={self.devices}: must be at least 1")
+        if self.meta_batch_size % self.devices:
+            raise UsageError(
+                f"--devices={self.devices}: --meta_batch_size={self.meta_batch_size} must be a "
+                "multiple of it (each device trains an equal share of the meta-batch)"
+            )
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with `changes` applied."""
@@ -243,6 +267,7 @@ _NOT_IDENTITY_FLAGS = (
     "test_episodes",
     "output_dir",
     "jit_compile",
+    "devices",
     "progress",
     "noprogress",
     "worker_timeout",
@@ -261,10 +286,27 @@ def _flagfile_settings(text: str, everything: bool = False) -> dict[str, str]:
     return settings
 
 
+# Settings every flagfile has written since the first release: one missing means the file
+# was cut short. (Newer settings, e.g. --racing or --devices, are missing from older files.)
+_ALWAYS_WRITTEN = (
+    "dataset",
+    "plugin",
+    "search_space",
+    "strategy",
+    "evaluator",
+    "episodes_per_trial",
+    "eval_episodes",
+    "n_way",
+    "k_shot",
+    "n_query",
+    "image_size",
+    "seed",
+)
+
+
 def _always_written() -> set[str]:
-    """The flags every `flagfile_text` has (core settings that are never None)."""
-    names = set(_flagfile_settings(flagfile_text(RunConfig()), everything=True))
-    return {name for name in names if name in {f.name for f in dataclasses.fields(RunConfig)}}
+    """The flags every `flagfile_text` has, whatever release wrote it."""
+    return set(_ALWAYS_WRITTEN)
 
 
 def flagfile_difference(stored: str, config: RunConfig) -> str | None:
@@ -279,6 +321,10 @@ def flagfile_difference(stored: str, config: RunConfig) -> str | None:
     if not stored.endswith("\n") or not _always_written() <= present:
         raise ValueError("it looks cut short")
     old, new = _flagfile_settings(stored), _flagfile_settings(flagfile_text(config))
+    # A core setting newer than the stored file ran at its default then.
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    defaults = _flagfile_settings(flagfile_text(RunConfig()))
+    old = {**{k: v for k, v in defaults.items() if k in fields and k not in old}, **old}
     differ = sorted(name for name in set(old) | set(new) if old.get(name) != new.get(name))
     if not differ:
         return None

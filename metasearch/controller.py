@@ -18,7 +18,16 @@ from typing import Any, TextIO
 
 import keras_tuner
 
-from metasearch import distributed, final, html_report, interrupts, plots, report, strategies
+from metasearch import (
+    devices,
+    distributed,
+    final,
+    html_report,
+    interrupts,
+    plots,
+    report,
+    strategies,
+)
 from metasearch.budget import TimeBudget
 from metasearch.config import RunConfig
 from metasearch.errors import Interrupted, MetasearchError, SearchFailedError
@@ -97,6 +106,8 @@ def search(config: RunConfig, out: TextIO = sys.stdout) -> SearchResult:
     (the running trial is handed back; rerunning resumes).
     """
     role = distributed.role()
+    # Before any TensorFlow op runs: splitting the CPU into --devices logical devices.
+    devices.configure(config.devices)
     job = Job(config, role)
     if role == "worker":  # workers coordinate through the chief, which holds the lock
         return _search(job, role, out)

@@ -292,6 +292,7 @@ def _train_further(job: Job, learner, record, allowance, index: int) -> dict[str
         steps,
         jit_compile=job.jit_compile,
         meta_batch_size=config.meta_batch_size,
+        devices=config.devices,
     )
     trainer.optimizer.build(learner.trainable_variables)
     if by_time:

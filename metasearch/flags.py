@@ -117,6 +117,26 @@ flags.DEFINE_bool(
     "conv4-64 with squared Euclidean ProtoNet at the default learning rate), so a search "
     "starts from a known baseline (trained searches; not hyperband or grid).",
 )
+flags.DEFINE_enum(
+    "racing",
+    _default("racing"),
+    ["none", "paired"],
+    "paired: a trial is scored at each of --racing_rungs on the same --racing_episodes "
+    "validation episodes as every other trial there, and stops where it is clearly worse than "
+    "the leader (the paired 95% interval of the difference below zero); others go on from "
+    "their weights. none: every trial trains all --episodes_per_trial.",
+)
+flags.DEFINE_list(
+    "racing_rungs",
+    [str(f) for f in _default("racing_rungs")],
+    "--racing: the rungs, as fractions of a trial's episodes (e.g. 0.111,0.333).",
+)
+flags.DEFINE_integer(
+    "racing_episodes",
+    _default("racing_episodes"),
+    "--racing: validation episodes a trial is scored on at each rung (the same for every trial).",
+    lower_bound=2,
+)
 flags.DEFINE_integer(
     "final_top_k",
     _default("final_top_k"),
@@ -208,6 +228,15 @@ flags.DEFINE_enum(
     _default("jit_compile"),
     ["auto", "true", "false"],
     "XLA for training and adaptation steps; auto: XLA on GPU, graph mode on CPU.",
+)
+flags.DEFINE_integer(
+    "devices",
+    _default("devices"),
+    "Devices each meta-training step's meta-batch is split across (tf.distribute's "
+    "MirroredStrategy; gradients averaged, same results as one device within float "
+    "rounding): the first N GPUs, or without GPUs the CPU split into N logical devices. "
+    "Must divide --meta_batch_size. 1: one device.",
+    lower_bound=1,
 )
 flags.DEFINE_bool("progress", _default("progress"), "Show a progress display while trials run.")
 
@@ -361,6 +390,7 @@ def resolve() -> RunConfig:
     check_unused_flags()
     values = {name: FLAGS[name].value for name in RUN_FLAGS}
     values["fix_hparams"] = parse_fixed_hparams(FLAGS.fix_hparams)
+    values["racing_rungs"] = parse_fractions(FLAGS.racing_rungs, "--racing_rungs")
     values["overwrite"] = FLAGS.overwrite
     for kind, field in COMPONENT_KINDS.items():
         values[field] = component_options(kind, FLAGS[kind].value)
@@ -377,6 +407,20 @@ def _parse_value(text: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+def parse_fractions(items: list[str], flag: str) -> tuple[float, ...]:
+    """`["0.1", "0.3"]` -> `(0.1, 0.3)`; each must lie strictly between 0 and 1."""
+    fractions = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise UsageError(f"{flag}: {item!r} is not a number") from None
+        if not 0.0 < value < 1.0:
+            raise UsageError(f"{flag}: {item} is not a fraction between 0 and 1")
+        fractions.append(value)
+    return tuple(fractions)
 
 
 def parse_fixed_hparams(items: list[str]) -> dict[str, Any]:

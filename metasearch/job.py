@@ -122,6 +122,20 @@ def check_budget_settings(config: RunConfig) -> None:
         raise UsageError(f"--final_top_k: {config.final_top_k} is negative")
     if config.final_episodes is not None and config.final_episodes < 1:
         raise UsageError(f"--final_episodes: {config.final_episodes} is not a positive count")
+    if config.racing not in ("none", "paired"):
+        raise UsageError(f"--racing: unknown {config.racing!r}; known: none, paired")
+    if config.racing != "none":
+        if config.strategy == "hyperband":
+            raise UsageError(
+                "--racing: hyperband stops trials early its own way; use --racing=none"
+            )
+        if config.evaluator == "table":
+            raise UsageError("--racing: a table-scored search trains nothing to race")
+        rungs = list(config.racing_rungs)
+        if not rungs or not all(0.0 < f < 1.0 for f in rungs):
+            raise UsageError(f"--racing_rungs: {rungs} are not fractions between 0 and 1")
+        if config.racing_episodes < 2:
+            raise UsageError("--racing_episodes: at least 2 episodes make a paired comparison")
     if config.test_episodes < 1:
         raise UsageError(f"--test_episodes: {config.test_episodes} is not a positive count")
 
@@ -259,6 +273,9 @@ class Job:
             self._check_rebuildable_config(reason)
             return
         current = json.loads(json.dumps(config.identity()))
+        # A setting newer than the run ran at its default then: compare with the default.
+        defaults = json.loads(json.dumps(RunConfig().identity()))
+        previous = {**{k: v for k, v in defaults.items() if k not in previous}, **previous}
         if previous != current:
             raise UsageError(
                 f"--output_dir: {config.output_dir} holds a run with a different configuration "

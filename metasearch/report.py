@@ -71,6 +71,12 @@ def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
         what = f"{r.get('architecture', '?')}" + (f" / {learner}" if learner else "")
         if r["status"] != "COMPLETED" and r.get("error"):
             what += f"  [{r['error'][:80]}]"
+        stopped = r.get("racing", {}).get("stopped")
+        if stopped:
+            what += (
+                f"  [raced out at {stopped['episodes']} episodes: clearly worse than trial "
+                f"{stopped['leader']}]"
+            )
         lines.append(
             f"{rank:>4}  {r['trial_id']:>5}  {r['status']:<9}  {score:>16}{test}  {params:>9}  "
             f"{flops:>7}  {latency:>8}  {wall:>7}  {marks.get(r['trial_id'], ''):<6}  {what}"

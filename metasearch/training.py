@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from metasearch import devices as devices_lib
 from metasearch.api import Episode, MetaLearner
 from metasearch.data.preprocess import normalize
 from metasearch.tasks import kind_of
@@ -99,6 +100,16 @@ class MetaTrainer:
     `train_for`. Each step averages the loss over `meta_batch_size` episodes
     (tasks); a step counts as that many episodes in progress reports.
 
+    `devices > 1` (`--devices`) splits each step's meta-batch across that many
+    devices (`metasearch.devices`): replica r takes episodes r*m..(r+1)*m-1
+    of the step's m*devices, computes the mean loss of its share and its
+    gradients, the gradients are reduced to their mean across replicas (the
+    gradient of the whole meta-batch's mean loss) and Adam applies them once.
+    The variables stay single copies where the learner made them (see
+    `_mirrored_train_step`), so results equal one device's within float
+    rounding, batch norm's running statistics included. Evaluation and
+    adaptation run on one device.
+
     The task metric is the task kind's (`metasearch.tasks`): `accuracy` for
     classification, `mse` (mean squared error) for regression.
     """
@@ -113,9 +124,14 @@ class MetaTrainer:
         total_steps: int | None,
         jit_compile: bool,
         meta_batch_size: int = 1,
+        devices: int = 1,
     ):
         if meta_batch_size < 1:
             raise ValueError(f"meta_batch_size must be >= 1, got {meta_batch_size}")
+        if devices < 1 or meta_batch_size % devices:
+            raise ValueError(
+                f"meta_batch_size ({meta_batch_size}) must be a multiple of devices ({devices})"
+            )
         self.learner = learner
         self.meta_batch_size = int(meta_batch_size)
         self.kind = kind_of(learner.task)
@@ -136,6 +152,19 @@ class MetaTrainer:
         self.train_step = tf.function(self._train_step, jit_compile=jit_compile)
         self.eval_step = tf.function(self._eval_step, jit_compile=jit_compile)
         self.adapt_step = tf.function(self._adapt_step, jit_compile=jit_compile)
+        self.devices = int(devices)
+        if self.devices > 1:
+            self.strategy = devices_lib.strategy(self.devices)
+            self._reached: list[int] = []  # which variables a loss reaches (set when traced)
+            # Under XLA each replica's share is one compiled call (on CPUs the strategy
+            # compiles them together). Untested on several GPUs: there both calls update
+            # the same running statistics, which may order them one after the other.
+            self._replica_step = (
+                tf.function(self._share_gradients, jit_compile=True)
+                if jit_compile
+                else self._share_gradients
+            )
+            self.train_step = tf.function(self._mirrored_train_step)
 
     def _normalize(self, episode: Episode) -> Episode:
         return episode._replace(
@@ -233,6 +262,53 @@ class MetaTrainer:
             [(g, v) for g, v in zip(gradients, variables) if g is not None]
         )
         return loss, {self.metric: tf.add_n(values) / len(batch)}
+
+    def _share_gradients(self, episodes: tuple[Episode, ...]):
+        """One replica's part of a step: the mean loss and metric of its episodes, gradients."""
+        variables = self.learner.trainable_variables
+        with tf.GradientTape() as tape:
+            losses, values = [], []
+            for episode in episodes:
+                loss, metrics = self.learner.meta_train_loss(self._normalize(episode))
+                losses.append(loss)
+                values.append(metrics[self.metric])
+            loss = tf.add_n(losses) / len(episodes)
+        gradients = tape.gradient(loss, variables)
+        self._reached = [i for i, g in enumerate(gradients) if g is not None]
+        metric = tf.add_n(values) / len(episodes)
+        return loss, metric, [gradients[i] for i in self._reached]
+
+    def _mirrored_train_step(self, episodes: tuple[Episode, ...]):
+        """`_train_step` with the meta-batch split across `self.strategy`'s replicas.
+
+        The variables are the learner's own single copies, not mirrored ones:
+        within this one graph, TensorFlow orders every read and write of a
+        variable as the program traces them, replica 0's first, so state a
+        training pass writes (batch norm's running statistics, seed
+        generators) goes through episode after episode exactly as on one
+        device, while the replicas' forward and backward passes run in
+        parallel. (Keras 3 layers built under `strategy.scope()` do make
+        `MirroredVariable`s, but each replica then updates its own copy of
+        the running statistics, which no longer match one device's.)
+        """
+        batch = tuple(episodes)
+        share = len(batch) // self.devices
+
+        def replica_share(context):
+            first = context.replica_id_in_sync_group * share
+            return batch[first : first + share]
+
+        shares = self.strategy.experimental_distribute_values_from_function(replica_share)
+        loss, metric, gradients = self.strategy.run(self._replica_step, args=(shares,))
+        mean = tf.distribute.ReduceOp.MEAN
+        variables = [self.learner.trainable_variables[i] for i in self._reached]
+        # All-reduced in one batch (NCCL on GPUs); replica 0's copy of the mean is applied.
+        gradients = self.strategy.extended.batch_reduce_to(mean, [(g, g) for g in gradients])
+        gradients = [self.strategy.experimental_local_results(g)[0] for g in gradients]
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self.strategy.reduce(mean, loss, axis=None), {
+            self.metric: self.strategy.reduce(mean, metric, axis=None)
+        }
 
     def _adapt_step(self, support_images, support_labels, query_images, num_classes: int):
         support_images = normalize(support_images, self.mean, self.std)

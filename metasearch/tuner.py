@@ -26,7 +26,7 @@ import keras
 import keras_tuner
 import numpy as np
 
-from metasearch import distributed, interrupts, kt_adapter, latency, report, summaries
+from metasearch import distributed, interrupts, kt_adapter, latency, racing, report, summaries
 from metasearch.budget import TimeBudget
 from metasearch.data import episodes
 from metasearch.errors import DamagedFileError, MetasearchError, StorageError, UsageError
@@ -202,6 +202,43 @@ class FewShotTuner(kt_adapter.BaseTuner):
             "table_column": self.job.config.table_column,
         }
 
+    def _race(self, trial_id, trainer, steps: int, resumed_steps: int) -> _TrialRace | None:
+        """The trial's race at its rungs (`--racing`), or None when it is not raced."""
+        config = self.job.config
+        if config.racing == "none":
+            return None
+        rungs = [s for s in racing.rung_steps(config.racing_rungs, steps) if s > resumed_steps]
+        return _TrialRace(self, trial_id, trainer, rungs)
+
+    def _raced_out(self, trial, learner, record, race, verdict, started) -> dict[str, Any]:
+        """A trial stopped at a rung: scored there (its rung's episodes), its weights kept."""
+        job = self.job
+        scores = np.asarray(race.scores[-1]["scores"], np.float64)
+        mean, ci95 = episodes.mean_and_ci95(scores)
+        record["racing"] = {
+            **race.record(),
+            "stopped": {
+                "rung": verdict.rung,
+                "episodes": verdict.episodes,
+                "leader": verdict.leader,
+                "difference": verdict.difference,
+                "ci95": verdict.ci95,
+            },
+        }
+        record["episodes"] = verdict.episodes
+        scale, unit = (100.0, " points") if job.kind.metric == "accuracy" else (1.0, "")
+        self.progress.note(f"  trial {trial.trial_id} stops: {verdict.describe(scale, unit)}")
+        record["latency_ms"] = adaptation_latency(learner, job)
+        record["latency_task"] = latency.task_description(learner)
+        save_weights(learner.weights, job.run_dir.weights_path(trial.trial_id))
+        return {
+            job.objective[0]: mean,
+            "val_ci95": ci95,
+            "eval_episodes": len(scores),
+            "jit_compile": job.jit_compile,
+            "train_seconds": time.monotonic() - started - race.seconds,
+        }
+
     def _episode_budget(self, trial) -> tuple[int, int, str | None]:
         """(episodes in total, episodes already trained by the parent, parent trial id).
 
@@ -303,6 +340,7 @@ class FewShotTuner(kt_adapter.BaseTuner):
             total_steps=steps,
             jit_compile=job.jit_compile,
             meta_batch_size=config.meta_batch_size,
+            devices=config.devices,
         )
         # Episodes are a pure function of their index: a resumed trial's stream
         # starts at the episode its checkpoint reached.
@@ -342,20 +380,30 @@ class FewShotTuner(kt_adapter.BaseTuner):
             state.extra = plan
             trainer.save_checkpoint(checkpoint_path, state)
 
-        train_metrics = trainer.train(
-            itertools.chain([first], stream),
-            steps,
-            # The progress bar shows this piece of a resumed trial.
-            on_progress=lambda step, loss, metric: self.progress.trial_step(
-                trial.trial_id, step - resumed_steps, steps - resumed_steps, loss, metric
-            ),
-            # About 20 points or more on each trial's TensorBoard curves.
-            check_every=max(1, min(20, steps // 20)),
-            on_chunk=board.curve(done) if board is not None else None,
-            resume=resume,
-            on_checkpoint=save_checkpoint,
-            checkpoint_seconds=config.checkpoint_seconds,
-        )
+        race = self._race(trial.trial_id, trainer, steps, resumed_steps)
+        curve = board.curve(done) if board is not None else None
+        started = time.monotonic()
+        try:
+            train_metrics = trainer.train(
+                itertools.chain([first], stream),
+                steps,
+                # The progress bar shows this piece of a resumed trial.
+                on_progress=lambda step, loss, metric: self.progress.trial_step(
+                    trial.trial_id, step - resumed_steps, steps - resumed_steps, loss, metric
+                ),
+                # About 20 points or more on each trial's TensorBoard curves.
+                check_every=max(1, min(20, steps // 20)),
+                on_chunk=race.watch(curve) if race is not None else curve,
+                resume=resume,
+                on_checkpoint=save_checkpoint,
+                checkpoint_seconds=config.checkpoint_seconds,
+            )
+        except racing.RacedOutError as stopped:
+            return self._raced_out(trial, learner, record, race, stopped.verdict, started)
+        if race is not None:
+            record["racing"] = race.record()
+            # The rungs' evaluations ran between training chunks: they are not training.
+            train_metrics["train_seconds"] -= race.seconds
         val_stream = job.episode_stream(
             "val", config.seed, episodes.VAL_STREAM, count=config.eval_episodes
         )
@@ -373,6 +421,50 @@ class FewShotTuner(kt_adapter.BaseTuner):
             "jit_compile": job.jit_compile,
             **train_metrics,
         }
+
+
+class _TrialRace:
+    """A trial raced at its rungs (`metasearch.racing`): scored, compared, maybe stopped."""
+
+    def __init__(self, tuner: FewShotTuner, trial_id: str, trainer, rungs: list[int]):
+        self.tuner, self.trial_id, self.trainer = tuner, trial_id, trainer
+        self.rungs = rungs  # training steps at which the trial is raced
+        self.scores: list[dict[str, Any]] = []
+        self.seconds = 0.0
+
+    def watch(self, on_chunk):
+        """The trainer's chunk callback: `on_chunk`, then the race at each rung passed."""
+
+        def callback(chunk):
+            if on_chunk is not None:
+                on_chunk(chunk)
+            while self.rungs and chunk.step >= self.rungs[0]:
+                self.rungs.pop(0)
+                self._race(len(self.scores), chunk.episodes)
+
+        return callback
+
+    def _race(self, rung: int, episodes_done: int) -> None:
+        job, config = self.tuner.job, self.tuner.job.config
+        started = time.monotonic()
+        stream = job.episode_stream(
+            "val", config.seed, episodes.VAL_STREAM, count=config.racing_episodes
+        )
+        scores = self.trainer.evaluate(stream, job.kind.eval_classes(config.n_way))
+        self.scores.append({"rung": rung, "episodes": episodes_done, "scores": scores.tolist()})
+        rivals = [
+            r
+            for r in job.run_dir.trial_results()
+            if r["trial_id"] != self.trial_id and r["status"] == "COMPLETED"
+        ]
+        verdict = racing.verdict(rung, episodes_done, scores, rivals, job.kind.goodness)
+        self.scores[-1].update(leader=verdict.leader, difference=verdict.difference)
+        self.seconds += time.monotonic() - started
+        if verdict.stop:
+            raise racing.RacedOutError(verdict)
+
+    def record(self) -> dict[str, Any]:
+        return {"rungs": self.scores, "racing_seconds": self.seconds}
 
 
 class _CheckpointMismatchError(Exception):

@@ -32,3 +32,12 @@ def test_a_flagfile_cut_short_cannot_say(cut):
         stored = "".join(stored.splitlines(keepends=True)[:5])
     with pytest.raises(ValueError, match="cut short"):
         flagfile_difference(stored, RunConfig())
+
+
+def test_a_flagfile_from_before_newer_settings_agrees_with_their_defaults():
+    stored = flagfile_text(RunConfig())
+    newer = ("--racing", "--noracing", "--start_from_default", "--devices", "--final_", "--test_")
+    older = "".join(line for line in stored.splitlines(keepends=True) if not line.startswith(newer))
+    assert older != stored
+    assert flagfile_difference(older, RunConfig()) is None
+    assert flagfile_difference(older, RunConfig(racing="paired")) == "--racing: none -> paired"
