@@ -208,6 +208,8 @@ class Job:
         self.run_dir = RunDir(config.output_dir)
         self.run_dir.check_writable()
         self.table = None
+        # Finite evaluation streams, built once (`episode_stream`).
+        self._evaluation_streams: dict[tuple, Any] = {}
         self.data: TaskData | None = None
         if self.trains:
             self.data = self._load_data()
@@ -345,8 +347,17 @@ class Job:
         """Episodes of one split: meta-training (`--train_n_way`, augmented) or evaluation.
 
         From index `start` of the stream (a resumed trial goes on where it stopped).
+        Finite evaluation streams are built once and reused (every trial is
+        scored on the same episodes), so no trial pays for building them again.
         """
-        return self.kind.episodes(self.data, self.config, split, seed, stream, count, start)
+        if split == "train" or count is None:
+            return self.kind.episodes(self.data, self.config, split, seed, stream, count, start)
+        key = (split, seed, stream, count, start)
+        if key not in self._evaluation_streams:
+            self._evaluation_streams[key] = self.kind.episodes(
+                self.data, self.config, split, seed, stream, count, start
+            )
+        return self._evaluation_streams[key]
 
     def candidate_violation(self, values: dict[str, Any]) -> str | None:
         """Why a candidate breaks `--max_params` (built, not trained), or None if it fits."""
