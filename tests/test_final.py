@@ -15,6 +15,7 @@ def _weights(path):
         return {key: stored[key] for key in stored.files if key != "__names__"}
 
 
+@pytest.mark.slow
 def test_search_ends_with_a_retrained_meta_tested_learner(tmp_path):
     out = tmp_path / "run"
     args = [
@@ -91,13 +92,14 @@ def test_final_top_k_zero_meta_tests_the_best_trial_as_trained(tmp_path):
 @pytest.mark.slow
 def test_a_time_budget_ends_the_search_and_feeds_the_final_phase(tmp_path):
     out = tmp_path / "run"
-    # Trials of 40 episodes: the budget ends the search before the 8 candidates TINY leaves do.
+    # The learning rate is searched too: a space no budget of seconds exhausts.
     result = run_cli(
         *TINY,
         f"--output_dir={out}",
         "--time_budget=40s",
         "--final_share=0.3",
         "--episodes_per_trial=40",
+        "--fix_hparams=conv_blocks/depth=3,conv_blocks/filters=32,conv_blocks/growth=1.0",
         "--noprogress",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -56,6 +56,7 @@ def test_for_errors_lower_is_better():
     assert not racing.verdict(0, 10, np.full(20, 0.05), rivals, negated).stop
 
 
+@pytest.mark.slow
 def test_a_raced_search_stops_a_clearly_worse_trial_and_keeps_its_weights(tmp_path):
     out = tmp_path / "run"
     args = [
