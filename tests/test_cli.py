@@ -99,6 +99,7 @@ def test_sample_needs_a_generative_plugin(finished_run, tmp_path):
     assert not (tmp_path / "g.png").exists()
 
 
+@pytest.mark.slow
 def test_different_configuration_is_refused_unless_overwrite(finished_run, tmp_path):
     out, _ = finished_run
     copy = tmp_path / "copy"
@@ -238,6 +239,7 @@ def test_unknown_command_and_help():
         assert flag in helpful.stdout
 
 
+@pytest.mark.slow
 def test_bayesian_strategy_runs(tmp_path):
     out = tmp_path / "out"
     result = run_cli(*TINY, "--strategy=bayesian", "--max_trials=2", f"--output_dir={out}")

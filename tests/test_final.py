@@ -74,6 +74,7 @@ def test_search_ends_with_a_retrained_meta_tested_learner(tmp_path):
     assert read_json(out / "results.json")["final"]["final_id"] == final["final_id"]
 
 
+@pytest.mark.slow
 def test_final_top_k_zero_meta_tests_the_best_trial_as_trained(tmp_path):
     out = tmp_path / "run"
     result = run_cli(
