@@ -214,7 +214,6 @@ class FewShotTuner(kt_adapter.BaseTuner):
         """A trial stopped at a rung: scored there (its rung's episodes), its weights kept."""
         job = self.job
         scores = np.asarray(race.scores[-1]["scores"], np.float64)
-        mean, ci95 = episodes.mean_and_ci95(scores)
         record["racing"] = {
             **race.record(),
             "stopped": {
@@ -228,6 +227,15 @@ class FewShotTuner(kt_adapter.BaseTuner):
         record["episodes"] = verdict.episodes
         scale, unit = (100.0, " points") if job.kind.metric == "accuracy" else (1.0, "")
         self.progress.note(f"  trial {trial.trial_id} stops: {verdict.describe(scale, unit)}")
+        train_seconds = time.monotonic() - started - race.seconds
+        return self._scored(trial, learner, record, scores, {"train_seconds": train_seconds})
+
+    def _scored(self, trial, learner, record, scores, train_metrics) -> dict[str, Any]:
+        """A trained trial's metrics from its validation `scores`; its latency and weights kept."""
+        job = self.job
+        mean, ci95 = episodes.mean_and_ci95(scores)
+        if not np.isfinite(mean):
+            raise DivergedError(f"meta-validation {job.objective[0]} is {mean}")
         record["latency_ms"] = adaptation_latency(learner, job)
         record["latency_task"] = latency.task_description(learner)
         save_weights(learner.weights, job.run_dir.weights_path(trial.trial_id))
@@ -236,7 +244,7 @@ class FewShotTuner(kt_adapter.BaseTuner):
             "val_ci95": ci95,
             "eval_episodes": len(scores),
             "jit_compile": job.jit_compile,
-            "train_seconds": time.monotonic() - started - race.seconds,
+            **train_metrics,
         }
 
     def _episode_budget(self, trial) -> tuple[int, int, str | None]:
@@ -408,19 +416,7 @@ class FewShotTuner(kt_adapter.BaseTuner):
             "val", config.seed, episodes.VAL_STREAM, count=config.eval_episodes
         )
         scores = trainer.evaluate(val_stream, job.kind.eval_classes(config.n_way))
-        mean, ci95 = episodes.mean_and_ci95(scores)
-        if not np.isfinite(mean):
-            raise DivergedError(f"meta-validation {job.objective[0]} is {mean}")
-        record["latency_ms"] = adaptation_latency(learner, job)
-        record["latency_task"] = latency.task_description(learner)
-        save_weights(learner.weights, job.run_dir.weights_path(trial.trial_id))
-        return {
-            job.objective[0]: mean,
-            "val_ci95": ci95,
-            "eval_episodes": len(scores),
-            "jit_compile": job.jit_compile,
-            **train_metrics,
-        }
+        return self._scored(trial, learner, record, scores, train_metrics)
 
 
 class _TrialRace:
