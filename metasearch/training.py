@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from metasearch import devices as devices_lib
+from metasearch import files
 from metasearch.api import Episode, MetaLearner
 from metasearch.data.preprocess import normalize
 from metasearch.tasks import kind_of
@@ -199,9 +200,8 @@ class MetaTrainer:
 
         A kill during the write leaves the previous checkpoint as it was.
         """
-        from metasearch import rundir  # rundir imports components, which import this module
 
-        rundir.save_checkpoint(
+        files.save_checkpoint(
             path,
             self.checkpoint_variables(),
             {"step": state.step, "train_seconds": state.train_seconds, "extra": state.extra},
@@ -217,10 +217,9 @@ class MetaTrainer:
 
         `FileNotFoundError` when there is none; `DamagedFileError` when it cannot be read.
         """
-        from metasearch import rundir
         from metasearch.errors import DamagedFileError
 
-        values, arrays = rundir.read_checkpoint(path)
+        values, arrays = files.read_checkpoint(path)
         try:
             return TrainingState(
                 step=int(values["step"]),
@@ -238,10 +237,9 @@ class MetaTrainer:
         Pass the state to `train(resume=...)` with the episodes from where it
         stopped. Variables that do not match this trainer's raise `UsageError`.
         """
-        from metasearch import rundir
 
         state = self.read_checkpoint(path)
-        rundir.load_checkpoint(path, self.checkpoint_variables())
+        files.load_checkpoint(path, self.checkpoint_variables())
         return state
 
     def _train_step(self, episodes: Episode | tuple[Episode, ...]):

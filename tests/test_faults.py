@@ -91,9 +91,9 @@ def _truncate(path: Path) -> None:
 def full_disk(request, tmp_path, monkeypatch):
     """`(folder on the full disk, free())`: the disk fills when weights are written."""
     if request.param == "patched writer":
-        from metasearch import rundir
+        from metasearch import files
 
-        original = rundir._write_bytes
+        original = files._write_bytes
 
         def writer(stream, data):
             if data[:2] == b"PK" and not free.done:  # a .npz: the weights
@@ -104,7 +104,7 @@ def full_disk(request, tmp_path, monkeypatch):
             free.done = True
 
         free.done = False
-        monkeypatch.setattr(rundir, "_write_bytes", writer)
+        monkeypatch.setattr(files, "_write_bytes", writer)
         yield tmp_path, free
         return
     if os.geteuid() != 0:

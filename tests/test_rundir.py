@@ -99,7 +99,7 @@ def test_layout_paths(tmp_path):
 def test_a_full_disk_is_one_storage_error_naming_the_path_and_the_free_space(tmp_path, monkeypatch):
     import errno
 
-    from metasearch import rundir
+    from metasearch import files
     from metasearch.errors import StorageError
 
     path = tmp_path / "trial_1" / "learner.weights.npz"
@@ -109,7 +109,7 @@ def test_a_full_disk_is_one_storage_error_naming_the_path_and_the_free_space(tmp
         stream.write(data[:3])  # a part reaches the disk before it fills up
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(rundir, "_write_bytes", full)
+    monkeypatch.setattr(files, "_write_bytes", full)
     with pytest.raises(StorageError) as error:
         write_atomic(str(path), b"the new weights")
     message = str(error.value)
