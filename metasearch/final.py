@@ -147,6 +147,12 @@ def run_final_phase(
     # 2. Further training of the top k, within what the budget leaves.
     candidates = ranked[: config.final_top_k]
     per_candidate = _training_allowance(job, budget, tester, ways, len(candidates))
+    if candidates and per_candidate is not None and per_candidate[1] <= 0:
+        report(
+            "final phase: the time budget leaves no time to train further; the best trial "
+            "is meta-tested as it is"
+        )
+        candidates = []
     if candidates and per_candidate is not None and per_candidate[0] == "seconds":
         report(
             f"final phase: {len(candidates)} candidate(s) train {format_duration(per_candidate[1])}"
