@@ -42,6 +42,7 @@ from metasearch.rundir import (
     FinishedRun,
     RunLock,
     best_trial,
+    ranked_trials,
     read_json,
 )
 from metasearch.tuner import FewShotTuner
@@ -241,9 +242,9 @@ def job_budget(job: Job) -> TimeBudget | None:
 
 def final_phase(job: Job, results, budget: TimeBudget | None, out: TextIO):
     """The final phase's record (`metasearch.final`), reusing one that is still current."""
-    top = [r["trial_id"] for r in final.ranked_trials(results)[: job.config.final_top_k]]
-    if not top and not final.ranked_trials(results):
+    if best_trial(results) is None:
         return None
+    top = [r["trial_id"] for r in ranked_trials(results)[: job.config.final_top_k]]
     held = job.run_dir.final_record()
     if (
         held is not None

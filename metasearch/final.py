@@ -31,14 +31,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import keras_tuner
 import numpy as np
 
 from metasearch.budget import TimeBudget, format_duration
 from metasearch.data import episodes
 from metasearch.errors import DamagedFileError
 from metasearch.job import Job, derived_seed
-from metasearch.rundir import FinishedRun, damage, save_weights, trial_score
+from metasearch.rundir import FinishedRun, ranked_trials, save_weights
+from metasearch.strategies.base import default_values
 from metasearch.training import MetaTrainer
 
 # Extra room on the measured evaluation speed, so the final printout lands inside the budget.
@@ -58,13 +58,10 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def default_hyperparameters(job: Job) -> dict[str, Any]:
-    """The default configuration's hyperparameter values (fixed ones as fixed)."""
-    hp = keras_tuner.HyperParameters()
-    for fixed in job.fixed.space:
-        hp.merge([fixed])
-    hp.values.update(job.fixed.values)
-    job.components.sample(hp)
-    return dict(hp.values)
+    """The default configuration's values, as the oracle proposes it (fixed ones as fixed)."""
+    hp = job.fixed.copy()
+    job.components.sample(hp)  # declares the joint space, as the tuner does
+    return default_values(hp)
 
 
 def default_trial(job: Job, results: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -74,12 +71,6 @@ def default_trial(job: Job, results: list[dict[str, Any]]) -> dict[str, Any] | N
         if record["status"] == "COMPLETED" and record.get("hyperparameters") == defaults:
             return record
     return None
-
-
-def ranked_trials(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Completed trials, best first (the earliest among equals)."""
-    scored = [r for r in results if r["status"] == "COMPLETED" and trial_score(r) is not None]
-    return sorted(scored, key=lambda r: (-trial_score(r), int(r["trial_id"])))
 
 
 class _Tester:
@@ -122,11 +113,6 @@ def run_final_phase(
     """
     config = job.config
     run = FinishedRun(config.output_dir)
-    # Trials whose weights cannot be read back are set aside (as the export does).
-    results = [r for r in results if r["status"] != "COMPLETED" or _weights_intact(run, r, report)]
-    ranked = ranked_trials(results)
-    if not ranked:
-        return None
     kind = job.kind
     images = getattr(job.data, "images", None) or {}
     test_classes = images["test"].num_classes if "test" in images else 0
@@ -134,33 +120,58 @@ def run_final_phase(
     n_way = ways[0]
     tester = _Tester(job, ways)
     started = time.monotonic()
+    damaged: set[str] = set()
+
+    def rebuilt(record):
+        """The trial's learner with its weights; None (set aside, with a note) if damaged."""
+        try:
+            return run.rebuild(record)[0]
+        except DamagedFileError as error:  # as the export sets such a trial aside
+            report(f"note: trial {record['trial_id']} set aside: {error}")
+            damaged.add(record["trial_id"])
+            return None
 
     # 1. The default configuration and the best trial, as the search left them.
     trial_scores: dict[str, np.ndarray] = {}
     default = default_trial(job, results)
-    for record in [default, ranked[0]]:
-        if record is None or record["trial_id"] in trial_scores:
-            continue
-        learner, _ = run.rebuild(record)
-        trial_scores[record["trial_id"]] = tester.score(learner, n_way)
+    learner = rebuilt(default) if default is not None else None
+    if learner is None:
+        default = None
+    else:
+        trial_scores[default["trial_id"]] = tester.score(learner, n_way)
+    best = None
+    for record in ranked_trials(results):
+        if record["trial_id"] not in trial_scores:  # not the default, scored already
+            learner = rebuilt(record)
+            if learner is None:
+                continue
+            trial_scores[record["trial_id"]] = tester.score(learner, n_way)
+        best, best_learner = record, learner
+        break
+    if best is None:
+        return None
+    ranked = [r for r in ranked_trials(results) if r["trial_id"] not in damaged]
 
     # 2. Further training of the top k, within what the budget leaves.
     candidates = ranked[: config.final_top_k]
     per_candidate = _training_allowance(job, budget, tester, ways, len(candidates))
+    training = candidates
     if candidates and per_candidate is not None and per_candidate[1] <= 0:
         report(
             "final phase: the time budget leaves no time to train further; the best trial "
             "is meta-tested as it is"
         )
-        candidates = []
-    if candidates and per_candidate is not None and per_candidate[0] == "seconds":
+        training = []
+    if training and per_candidate is not None and per_candidate[0] == "seconds":
         report(
-            f"final phase: {len(candidates)} candidate(s) train {format_duration(per_candidate[1])}"
+            f"final phase: {len(training)} candidate(s) train {format_duration(per_candidate[1])}"
             " each, then the chosen one is meta-tested"
         )
     trained = []
-    for index, record in enumerate(candidates):
-        learner, _ = run.rebuild(record)
+    for index, record in enumerate(training):
+        learner = rebuilt(record)
+        if learner is None:
+            continue
         summary = _train_further(job, learner, record, per_candidate, index)
         val = MetaTrainer(learner, job.normalization, 1e-3, 1, jit_compile=job.jit_compile)
         val_stream = job.episode_stream(
@@ -176,21 +187,23 @@ def run_final_phase(
             f"{format_score(kind, mean, ci95)}"
         )
 
-    # 3. The kept learner: the best on meta-validation (the best trial itself with k = 0).
+    # 3. The kept learner: the best on meta-validation (the best trial itself untrained).
     if trained:
         _, _, chosen, learner, summary, val_mean, val_ci95 = max(trained, key=lambda t: t[:2])
         if not np.isfinite(val_mean):
             raise FloatingPointError(f"final phase: meta-validation score is {val_mean}")
     else:
-        chosen, summary = ranked[0], {"episodes": 0, "train_seconds": 0.0}
-        learner, _ = run.rebuild(chosen)
+        chosen, summary, learner = best, {"episodes": 0, "train_seconds": 0.0}, best_learner
         val_mean, val_ci95 = chosen[kind.objective], chosen.get("val_ci95")
     save_weights(learner.weights, job.run_dir.final_weights_path())
 
     # 4. Meta-test at every way; paired comparisons at --n_way.
     tests = []
     for way in ways:
-        scores = tester.score(learner, way)
+        if not trained and way == n_way:
+            scores = trial_scores[chosen["trial_id"]]  # the same learner, already tested
+        else:
+            scores = tester.score(learner, way)
         mean, ci95 = episodes.mean_and_ci95(scores)
         tests.append({"n_way": way, "k_shot": config.k_shot, "mean": mean, "ci95": ci95})
         if way == n_way:
@@ -200,9 +213,9 @@ def run_final_phase(
         comparisons["final_vs_default"] = _comparison(
             final_scores, trial_scores[default["trial_id"]], kind
         )
-        if ranked[0]["trial_id"] != default["trial_id"]:
+        if best["trial_id"] != default["trial_id"]:
             comparisons["best_trial_vs_default"] = _comparison(
-                trial_scores[ranked[0]["trial_id"]], trial_scores[default["trial_id"]], kind
+                trial_scores[best["trial_id"]], trial_scores[default["trial_id"]], kind
             )
     record = {
         "trial_id": "final",
@@ -238,23 +251,6 @@ def run_final_phase(
     }
     job.run_dir.write_final_record(record)
     return record
-
-
-def _weights_intact(run: FinishedRun, record: dict[str, Any], report) -> bool:
-    """Whether a trial's weights read back whole; a damaged trial is set aside, with a note."""
-    path = run.dir.weights_path(record["trial_id"])
-    try:
-        with np.load(path) as stored:
-            for key in stored.files:
-                stored[key]  # noqa: B018 - reading every array finds a truncated file
-    except FileNotFoundError:
-        reason = "the file is missing"
-    except Exception as error:  # noqa: BLE001 - numpy and zipfile raise many kinds
-        reason = damage(error)
-    else:
-        return True
-    report(f"note: trial {record['trial_id']} set aside: {DamagedFileError(path, reason)}")
-    return False
 
 
 def _comparison(a: np.ndarray, b: np.ndarray, kind) -> dict[str, float]:

@@ -477,12 +477,16 @@ def trial_score(record: dict[str, Any]) -> float | None:
     return None if kind is None else kind.goodness(float(record[kind.objective]))
 
 
+def ranked_trials(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Completed, scored trials, best first (the earliest among equals)."""
+    scored = [r for r in results if r["status"] == "COMPLETED" and trial_score(r) is not None]
+    return sorted(scored, key=lambda r: (-trial_score(r), int(r["trial_id"])))
+
+
 def best_trial(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The completed trial with the best score (the earliest among equals), or None."""
-    completed = [r for r in results if r["status"] == "COMPLETED" and trial_score(r) is not None]
-    if not completed:
-        return None
-    return max(completed, key=lambda r: (trial_score(r), -int(r["trial_id"])))
+    ranked = ranked_trials(results)
+    return ranked[0] if ranked else None
 
 
 def export_identity(record: dict[str, Any]) -> str:
