@@ -230,6 +230,12 @@ class MetaLearner(keras.layers.Layer, abc.ABC):
     # Generative learners (e.g. the Neural Statistician) implement `generate`;
     # their exports get a `sample` signature and `metasearch sample` works.
     GENERATIVE: bool = False
+    # Learners whose `adapt` and `predict` (not training) see each image only
+    # through `embed`, one image at a time, set this and implement
+    # `adapt_embeddings` and `predict_embeddings`. Evaluation then embeds each
+    # distinct image of its episodes once and scores every episode from those
+    # embeddings (the conformance suite checks that the two give the same).
+    EMBEDS_IMAGES_INDEPENDENTLY: bool = False
 
     @classmethod
     @abc.abstractmethod
@@ -287,6 +293,27 @@ class MetaLearner(keras.layers.Layer, abc.ABC):
     @abc.abstractmethod
     def embed(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Returns float32 embeddings `[n, d]` of the images (the exported `embed`)."""
+
+    def adapt_embeddings(
+        self,
+        support_embeddings: tf.Tensor,
+        support_labels: tf.Tensor,
+        num_classes: int | tf.Tensor,
+    ) -> Any:
+        """`EMBEDS_IMAGES_INDEPENDENTLY` learners: `adapt` from `embed(support_images)`.
+
+        `adapt(s, labels, n)` must equal `adapt_embeddings(embed(s), labels, n)`
+        when not training.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not adapt from embeddings")
+
+    def predict_embeddings(self, task_state: Any, query_embeddings: tf.Tensor) -> tf.Tensor:
+        """`EMBEDS_IMAGES_INDEPENDENTLY` learners: `predict` from `embed(query_images)`.
+
+        `predict(state, q)` must equal `predict_embeddings(state, embed(q))`
+        when not training.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not predict from embeddings")
 
     def generate(self, support_images: tf.Tensor, num_samples: int | tf.Tensor, seed: tf.Tensor):
         """Generative learners only: `num_samples` new images like `support_images`.

@@ -109,10 +109,13 @@ class TaskKind(abc.ABC):
     @abc.abstractmethod
     def episodes(
         self, data: TaskData, config: Any, split: str, seed: int, stream: int, count=None, start=0
-    ) -> tf.data.Dataset:
+    ) -> tf.data.Dataset | episodes.EvaluationEpisodes:
         """Episodes of one split: meta-training (augmented, `train_n_way`) or evaluation.
 
         `count` episodes (endless if None) from index `start` of the stream.
+        An iterable of `Episode`s: a dataset, or for finite evaluation streams
+        of image classes `episodes.EvaluationEpisodes` (which also knows the
+        images' indices, for pooled evaluation).
         """
 
     @abc.abstractmethod
@@ -172,8 +175,8 @@ class Classification(TaskKind):
         return (int(config.n_way), *sorted(extra))
 
     def test_episodes(self, data, config, n_way, seed, stream, count):
-        return episodes.episode_dataset(
-            data.images["test"], n_way, config.k_shot, config.n_query, seed, stream, count=count
+        return episodes.EvaluationEpisodes(
+            data.images["test"], n_way, config.k_shot, config.n_query, seed, stream, count
         )
 
     def load(self, dataset, config):
@@ -206,6 +209,18 @@ class Classification(TaskKind):
 
     def episodes(self, data, config, split, seed, stream, count=None, start=0):
         training = split == "train"
+        if not training and count is not None:
+            # Finite evaluation streams know their images' indices (pooled evaluation).
+            return episodes.EvaluationEpisodes(
+                data.images[split],
+                config.n_way,
+                config.k_shot,
+                config.n_query,
+                seed,
+                stream,
+                count,
+                start,
+            )
         return episodes.episode_dataset(
             data.images[split],
             config.train_n_way if training else config.n_way,

@@ -29,6 +29,9 @@ sine task, `tiny_task(kind="regression")`) and raise `ConformanceError`
   batch size serves several batch sizes.
 * `check_compiles_with_xla`: the training and adaptation steps run with
   `jit_compile=True` and adapt as graph mode does.
+* `check_pooled_evaluation`: learners that `EMBEDS_IMAGES_INDEPENDENTLY`
+  score evaluation episodes from pooled embeddings as they do from images,
+  in graph mode and under XLA.
 * `check_export_round_trip`: the SavedModel reloads, in a fresh Python process
   that imports only TensorFlow, and gives the in-process logits (or
   regression predictions) and embeddings (max abs diff <= 1e-4), and its main
@@ -194,15 +197,9 @@ def check_trains(learner: MetaLearner, task: TaskSpec, steps: int = 12) -> tuple
     return first, last
 
 
-def pipeline_episode(task: TaskSpec, seed: int = 0) -> Episode:
-    """An episode of `task`'s shape drawn by the core's episode pipeline (colour or grey).
-
-    The classes are uneven (some with one image more than an episode needs),
-    their images flat colours plus noise: what a data set of real images
-    gives, through `metasearch.data.pipeline` and `episode_dataset`.
-    """
+def _pipeline_images(task: TaskSpec, seed: int = 0, extra_classes: int = 1):
+    """Uneven classes of flat colours plus noise, as `EpisodeImages` (see `pipeline_episode`)."""
     from metasearch.api import ClassSet
-    from metasearch.data.episodes import episode_dataset
     from metasearch.data.pipeline import EpisodeImages
 
     rng = np.random.default_rng(seed)
@@ -214,12 +211,24 @@ def pipeline_episode(task: TaskSpec, seed: int = 0) -> Episode:
             0.0,
             1.0,
         ).astype(np.float32)
-        for c in range(task.n_way + 1)
+        for c in range(task.n_way + extra_classes)
     ]
     size, channels = task.image_shape[0], task.image_shape[-1]
-    images = EpisodeImages(
+    return EpisodeImages(
         ClassSet(arrays, [f"c{c}" for c in range(len(arrays))]), size, channels, needs, 0
     )
+
+
+def pipeline_episode(task: TaskSpec, seed: int = 0) -> Episode:
+    """An episode of `task`'s shape drawn by the core's episode pipeline (colour or grey).
+
+    The classes are uneven (some with one image more than an episode needs),
+    their images flat colours plus noise: what a data set of real images
+    gives, through `metasearch.data.pipeline` and `episode_dataset`.
+    """
+    from metasearch.data.episodes import episode_dataset
+
+    images = _pipeline_images(task, seed)
     stream = episode_dataset(images, task.n_way, task.k_shot, task.n_query, seed, 1, count=1)
     return next(iter(stream))
 
@@ -301,6 +310,71 @@ def check_compiles_with_xla(learner: MetaLearner, task: TaskSpec) -> None:
             f"at {int(np.sum(~within))} of {within.size} outputs "
             f"(tolerance {XLA_TOLERANCE} absolute plus {XLA_TOLERANCE} relative)"
         )
+
+
+def check_pooled_evaluation(learner: MetaLearner, task: TaskSpec, episodes: int = 6) -> None:
+    """Pooled evaluation scores the episodes as evaluating them image by image does.
+
+    For learners that declare `EMBEDS_IMAGES_INDEPENDENTLY`: each episode's
+    logits from `adapt_embeddings` and `predict_embeddings` on the embeddings of
+    all the episodes' distinct images, embedded in one batch, match
+    `predict(adapt(support), query)` (within `XLA_TOLERANCE`), and
+    `MetaTrainer.evaluate` gives the same per-episode metrics on
+    `EvaluationEpisodes` (pooled) as on their dataset (image by image), in
+    graph mode and under XLA.
+    """
+    from metasearch.data.episodes import EvaluationEpisodes
+
+    if not learner.EMBEDS_IMAGES_INDEPENDENTLY:
+        raise ConformanceError(f"{type(learner).__name__} does not embed images independently")
+    stream = EvaluationEpisodes(
+        _pipeline_images(task, extra_classes=3),
+        task.n_way,
+        task.k_shot,
+        task.n_query,
+        seed=0,
+        stream=2,
+        count=episodes,
+    )
+    normalization = task_normalization(task)
+    trainer = MetaTrainer(learner, normalization, 1e-3, 4, jit_compile=False)
+    episode = next(iter(stream))
+    trainer.build(episode)
+    trainer.train_step(episode)  # moves batch norm's statistics off their initial values
+    # Logits from embeddings of all the episodes' distinct images in one batch (as
+    # `evaluate` embeds them) against those of each episode's own images.
+    support_rows, query_rows = stream.indices()
+    distinct, rows = np.unique(np.concatenate([support_rows, query_rows], 1), return_inverse=True)
+    rows = rows.reshape(episodes, -1)
+    pool = learner.embed(normalize(stream.pool.images(tf.constant(distinct)), *normalization))
+    width = support_rows.shape[1]
+    for index, episode in enumerate(stream):
+        support = normalize(episode.support_images, *normalization)
+        query = normalize(episode.query_images, *normalization)
+        direct = learner.predict(learner.adapt(support, episode.support_labels, task.n_way), query)
+        state = learner.adapt_embeddings(
+            tf.gather(pool, rows[index, :width]), episode.support_labels, task.n_way
+        )
+        pooled = learner.predict_embeddings(state, tf.gather(pool, rows[index, width:]))
+        direct, pooled = direct.numpy(), pooled.numpy()
+        within = np.abs(pooled - direct) <= XLA_TOLERANCE + XLA_TOLERANCE * np.abs(direct)
+        if not np.all(within):
+            raise ConformanceError(
+                f"episode {index}: logits from pooled embeddings (adapt_embeddings, "
+                "predict_embeddings) and from its images (adapt, predict) differ by up to "
+                f"{_max_difference(pooled, direct):.3g} at {int(np.sum(~within))} of "
+                f"{within.size} outputs"
+            )
+    expected = trainer.evaluate(stream.dataset, task.n_way)
+    for jit_compile in (False, True):
+        mode = "XLA " if jit_compile else ""
+        evaluator = MetaTrainer(learner, normalization, 1e-3, 4, jit_compile=jit_compile)
+        actual = evaluator.evaluate(stream, task.n_way)
+        if actual.shape != expected.shape or not np.allclose(actual, expected, atol=1e-6):
+            raise ConformanceError(
+                f"{mode}pooled evaluation scored the episodes {np.round(actual, 4).tolist()}; "
+                f"image by image: {np.round(expected, 4).tolist()}"
+            )
 
 
 def check_export_round_trip(
@@ -493,8 +567,18 @@ class MetaLearnerConformance(_Suite):
     task_kinds: tuple[str, ...] | None = None
     search_space: type[SearchSpace] | str = "conv_blocks"
     # One conv-BN-ReLU-pool block keeps XLA compiles short; plugins are what vary here.
-    space_config: Mapping[str, Any] | None = {"depth": 1, "filters": 16, "growth": 1.0}
-    sampled_space_config: Mapping[str, Any] | None = {"depth": 1, "filters": 8, "growth": 1.0}
+    space_config: Mapping[str, Any] | None = {
+        "depth": 1,
+        "filters": 16,
+        "growth": 1.0,
+        "conv_bias": False,
+    }
+    sampled_space_config: Mapping[str, Any] | None = {
+        "depth": 1,
+        "filters": 8,
+        "growth": 1.0,
+        "conv_bias": False,
+    }
     regression_space: type[SearchSpace] | str = "mlp"
     regression_space_config: Mapping[str, Any] | None = None
     sampled_configs = 1
@@ -554,6 +638,12 @@ class MetaLearnerConformance(_Suite):
     def test_compiles_with_xla(self):
         self.require(CLASSIFICATION)
         check_compiles_with_xla(*self.learner())
+
+    def test_pooled_evaluation(self):
+        self.require(CLASSIFICATION)
+        if not self.plugin_class().EMBEDS_IMAGES_INDEPENDENTLY:
+            _skip(f"{self.plugin_class().__name__} does not embed images independently")
+        check_pooled_evaluation(*self.learner())
 
     def test_export_round_trip(self, tmp_path):
         self.require(CLASSIFICATION)

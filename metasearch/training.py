@@ -24,10 +24,13 @@ import tensorflow as tf
 from metasearch import devices as devices_lib
 from metasearch import files
 from metasearch.api import Episode, MetaLearner
+from metasearch.data.episodes import EvaluationEpisodes
 from metasearch.data.preprocess import normalize
 from metasearch.tasks import kind_of
 
 JIT_CHOICES = ("auto", "true", "false")
+# Distinct images embedded per call in a pooled evaluation.
+EMBED_BATCH = 256
 
 
 class DivergedError(RuntimeError):
@@ -153,6 +156,12 @@ class MetaTrainer:
         self.train_step = tf.function(self._train_step, jit_compile=jit_compile)
         self.eval_step = tf.function(self._eval_step, jit_compile=jit_compile)
         self.adapt_step = tf.function(self._adapt_step, jit_compile=jit_compile)
+        self.embed_step = tf.function(
+            self._embed_step, jit_compile=jit_compile, reduce_retracing=True
+        )
+        self.pooled_eval_step = tf.function(
+            self._pooled_eval_step, jit_compile=jit_compile, reduce_retracing=True
+        )
         self.devices = int(devices)
         if self.devices > 1:
             self.strategy = devices_lib.strategy(self.devices)
@@ -254,6 +263,7 @@ class MetaTrainer:
                 values.append(metrics[self.metric])
             loss = tf.add_n(losses) / len(batch)
         gradients = tape.gradient(loss, variables)
+        loss = _nan_unless_finite(loss, gradients)
         # Weights a loss cannot reach (e.g. first-order MAML's per-step batch
         # norm of the support passes) get no update, without a warning per trace.
         self.optimizer.apply_gradients(
@@ -272,6 +282,7 @@ class MetaTrainer:
                 values.append(metrics[self.metric])
             loss = tf.add_n(losses) / len(episodes)
         gradients = tape.gradient(loss, variables)
+        loss = _nan_unless_finite(loss, gradients)
         self._reached = [i for i, g in enumerate(gradients) if g is not None]
         metric = tf.add_n(values) / len(episodes)
         return loss, metric, [gradients[i] for i in self._reached]
@@ -320,6 +331,22 @@ class MetaTrainer:
             episode.support_images, episode.support_labels, episode.query_images, num_classes
         )
         return self.kind.episode_metric(outputs, episode.query_labels)
+
+    def _embed_step(self, images):
+        return self.learner.embed(normalize(images, self.mean, self.std))
+
+    def _pooled_eval_step(
+        self, embeddings, support_rows, support_labels, query_rows, query_labels, num_classes: int
+    ):
+        """The task metric of every episode `[E]` from the embeddings of its images' rows."""
+
+        def episode_metric(rows):
+            support, query = tf.gather(embeddings, rows[0]), tf.gather(embeddings, rows[1])
+            state = self.learner.adapt_embeddings(support, support_labels, num_classes)
+            outputs = self.learner.predict_embeddings(state, query)
+            return self.kind.episode_metric(outputs, query_labels)
+
+        return tf.map_fn(episode_metric, (support_rows, query_rows), fn_output_signature=tf.float32)
 
     def train(
         self,
@@ -400,10 +427,55 @@ class MetaTrainer:
         if pending:
             log.record(pending)
 
-    def evaluate(self, episodes: tf.data.Dataset, num_classes: int) -> np.ndarray:
-        """Per-episode task metric (accuracy, or MSE) over a finite episode stream."""
+    def evaluate(
+        self, episodes: tf.data.Dataset | EvaluationEpisodes, num_classes: int
+    ) -> np.ndarray:
+        """Per-episode task metric (accuracy, or MSE) over a finite episode stream.
+
+        Pooled when it can be: for `EvaluationEpisodes` and a learner that
+        `EMBEDS_IMAGES_INDEPENDENTLY`, each distinct image of the episodes is
+        embedded once and every episode is scored from those embeddings (the
+        same numbers, within float rounding, for a fraction of the work:
+        200 validation episodes of 80 images usually show a few hundred).
+        """
+        if isinstance(episodes, EvaluationEpisodes) and self.learner.EMBEDS_IMAGES_INDEPENDENTLY:
+            return self._evaluate_pooled(episodes, num_classes)
         results = [self.eval_step(episode, num_classes) for episode in episodes]
         return np.array([float(r) for r in results], np.float64)
+
+    def _evaluate_pooled(self, episodes: EvaluationEpisodes, num_classes: int) -> np.ndarray:
+        support, query = episodes.indices()
+        distinct, rows = np.unique(np.concatenate([support, query], axis=1), return_inverse=True)
+        rows = rows.reshape(len(support), -1).astype(np.int32)
+        embeddings = tf.concat(
+            [
+                self.embed_step(episodes.pool.images(tf.constant(distinct[i : i + EMBED_BATCH])))
+                for i in range(0, len(distinct), EMBED_BATCH)
+            ],
+            axis=0,
+        )
+        support_labels, query_labels = episodes.labels()
+        width = support.shape[1]
+        scores = self.pooled_eval_step(
+            embeddings,
+            tf.constant(rows[:, :width]),
+            support_labels,
+            tf.constant(rows[:, width:]),
+            query_labels,
+            num_classes,
+        )
+        return scores.numpy().astype(np.float64)
+
+
+def _nan_unless_finite(loss: tf.Tensor, gradients) -> tf.Tensor:
+    """`loss`, or NaN when a gradient is not finite, so divergence is caught either way.
+
+    A finite loss does not prove a finite step: on CPU, ReLU and max pooling
+    turn NaN activations into numbers, so NaN weights or inputs can leave the
+    loss finite while their gradients are NaN.
+    """
+    norm = tf.linalg.global_norm([g for g in gradients if g is not None])
+    return tf.where(tf.math.is_finite(norm), loss, tf.constant(float("nan"), loss.dtype))
 
 
 class _TrainingLog:

@@ -80,6 +80,8 @@ def cosine_similarities(queries: tf.Tensor, support: tf.Tensor) -> tf.Tensor:
 class MatchingNetworks(MetaLearner):
     """Matching Networks: cosine attention over the support set, with optional FCE."""
 
+    EMBEDS_IMAGES_INDEPENDENTLY = True
+
     @classmethod
     def sample_config(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
         return {
@@ -128,6 +130,12 @@ class MatchingNetworks(MetaLearner):
     def predict(self, task_state, query_images, training=False):
         queries = self.embed(query_images, training=training)
         return self.log_probs(task_state, queries, training=training)
+
+    def adapt_embeddings(self, support_embeddings, support_labels, num_classes):
+        return self.support_state(support_embeddings, support_labels, num_classes)
+
+    def predict_embeddings(self, task_state, query_embeddings):
+        return self.log_probs(task_state, query_embeddings)
 
     def support_state(self, embeddings, labels, num_classes, training=False) -> dict[str, Any]:
         """The task state from support embeddings `[n, d]`: `g(support)` and one-hot labels."""

@@ -41,6 +41,8 @@ def squared_distances(queries: tf.Tensor, prototypes: tf.Tensor) -> tf.Tensor:
 class PrototypicalNetworks(MetaLearner):
     """Prototypical Networks with a searchable metric and embedding width."""
 
+    EMBEDS_IMAGES_INDEPENDENTLY = True
+
     @classmethod
     def sample_config(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
         return {
@@ -69,11 +71,16 @@ class PrototypicalNetworks(MetaLearner):
 
     def adapt(self, support_images, support_labels, num_classes, training=False):
         embeddings = self.embed(support_images, training=training)
-        return {"prototypes": class_means(embeddings, support_labels, num_classes)}
+        return self.adapt_embeddings(embeddings, support_labels, num_classes)
 
     def predict(self, task_state, query_images, training=False):
-        queries = self.embed(query_images, training=training)
-        return self.logits(queries, task_state["prototypes"])
+        return self.predict_embeddings(task_state, self.embed(query_images, training=training))
+
+    def adapt_embeddings(self, support_embeddings, support_labels, num_classes):
+        return {"prototypes": class_means(support_embeddings, support_labels, num_classes)}
+
+    def predict_embeddings(self, task_state, query_embeddings):
+        return self.logits(query_embeddings, task_state["prototypes"])
 
     def logits(self, queries, prototypes):
         """Logits `[q, c]` of query embeddings against prototypes under the metric."""

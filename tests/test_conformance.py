@@ -4,6 +4,7 @@ import ast
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 
 from metasearch import registry, testing
 
@@ -62,3 +63,29 @@ def test_the_checks_raise_instead_of_bare_asserts_that_optimisation_drops():
     tree = ast.parse(Path(testing.__file__).read_text())
     asserts = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]
     assert not asserts, f"bare asserts in metasearch/testing.py at lines {asserts}"
+
+
+def test_the_pooled_evaluation_check_catches_a_learner_that_does_not_embed_independently():
+    from metasearch.api import project
+    from metasearch.plugins.protonet import PrototypicalNetworks
+
+    class Transductive(PrototypicalNetworks):
+        """Claims independence, but its batch norm uses each batch's own statistics."""
+
+        def embed(self, images, training=False):
+            return project(self.backbone, self.projection, images, True)
+
+    class SeesSupportImages(PrototypicalNetworks):
+        """Claims independence, but its prototypes also read the support images directly."""
+
+        def adapt(self, support_images, support_labels, num_classes, training=False):
+            state = super().adapt(support_images, support_labels, num_classes, training)
+            return {"prototypes": state["prototypes"] + tf.reduce_mean(support_images)}
+
+    task = testing.tiny_task()
+    space = {"depth": 1, "filters": 8, "growth": 1.0}
+    learner = testing.build_learner(Transductive, "conv_blocks", task, None, space)
+    for claims in (Transductive, SeesSupportImages):
+        learner = testing.build_learner(claims, "conv_blocks", task, None, space)
+        with pytest.raises(testing.ConformanceError, match="episode 0: logits from pooled"):
+            testing.check_pooled_evaluation(learner, task)

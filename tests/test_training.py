@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -41,6 +43,22 @@ def test_non_finite_loss_raises_diverged():
     trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 5, jit_compile=False)
     trainer.build(episode)
     dataset = tf.data.Dataset.from_tensors(poisoned).repeat()
+    with pytest.raises(DivergedError, match="nan"):
+        trainer.train(dataset, 3, check_every=1)
+
+
+def test_nan_weights_raise_diverged_even_when_the_loss_stays_finite():
+    # On CPU, ReLU and max pooling turn NaN activations into numbers: a NaN weight
+    # can leave the loss finite while every step's gradients are NaN.
+    task, learner = _small_protonet()
+    episode = testing.tiny_episode(task)
+    trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 5, jit_compile=False)
+    trainer.build(episode)
+    kernel = learner.backbone.layers[1].kernel
+    kernel.assign(tf.fill(kernel.shape, float("nan")))
+    loss, _ = tf.function(learner.meta_train_loss)(episode)
+    assert np.isfinite(float(loss))
+    dataset = tf.data.Dataset.from_tensors(episode).repeat()
     with pytest.raises(DivergedError, match="nan"):
         trainer.train(dataset, 3, check_every=1)
 
@@ -157,3 +175,73 @@ def test_a_restored_checkpoint_trains_on_exactly_as_the_uninterrupted_trainer(tm
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     assert summary["train_seconds"] >= state.train_seconds
     assert np.isfinite(summary["train_loss"])
+
+
+def _evaluation_stream(task, count=8):
+    from metasearch.api import ClassSet
+    from metasearch.data.episodes import EvaluationEpisodes
+
+    rng = np.random.default_rng(3)
+    # 7 classes of 6 images for 5-way episodes of 1 + 4 images per class.
+    images = rng.uniform(size=(7, 6, *task.image_shape)).astype(np.float32)
+    class_set = ClassSet(images, [f"c{i}" for i in range(7)])
+    return EvaluationEpisodes(class_set, task.n_way, 1, 4, seed=0, stream=2, count=count)
+
+
+@pytest.mark.parametrize(
+    "plugin, config",
+    [
+        ("protonet", {"metric": "sqeuclidean", "embedding_dim": 0}),
+        ("protonet", {"metric": "cosine", "embedding_dim": 64}),
+        ("matching", {"fce": True, "fce_steps": 2}),
+    ],
+)
+def test_pooled_evaluation_embeds_each_distinct_image_once_and_scores_as_image_by_image(
+    plugin, config
+):
+    from metasearch import registry
+
+    task = testing.tiny_task()
+    task = dataclasses.replace(task, k_shot=1, n_query=4)
+    learner = testing.build_learner(
+        registry.load("plugin", plugin),
+        ConvBlocks,
+        task,
+        config,
+        {"depth": 2, "filters": 8, "growth": 1.0},
+    )
+    stream = _evaluation_stream(task)
+    trainer = MetaTrainer(learner, (0.5, 0.3), 1e-2, 5, jit_compile=False)
+    first = next(iter(stream))
+    trainer.build(first)
+    for _ in range(3):  # batch norm's statistics move off their initial values
+        trainer.train_step(first)
+    image_by_image = trainer.evaluate(stream.dataset, task.n_way)
+    requested = []
+    images = stream.pool.images
+    stream.pool.images = lambda flat: (requested.append(int(flat.shape[0])), images(flat))[1]
+    pooled = trainer.evaluate(stream, task.n_way)
+    # One request (one batch to embed) of the distinct images the episodes show.
+    support, query = stream.indices()
+    assert requested == [len(np.unique(np.concatenate([support, query], axis=1)))]
+    assert requested[0] < support.size + query.size
+    np.testing.assert_allclose(pooled, image_by_image, atol=1e-6)
+    assert pooled.shape == (8,) and len(set(np.round(pooled, 4))) > 1
+
+
+def test_a_learner_that_does_not_embed_images_independently_is_evaluated_image_by_image():
+    from metasearch import registry
+
+    task = dataclasses.replace(testing.tiny_task(), k_shot=1, n_query=4)
+    maml = registry.load("plugin", "maml")
+    assert not maml.EMBEDS_IMAGES_INDEPENDENTLY
+    learner = testing.build_learner(
+        maml, ConvBlocks, task, None, {"depth": 1, "filters": 8, "growth": 1.0}
+    )
+    stream = _evaluation_stream(task, count=3)
+    trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 5, jit_compile=False)
+    trainer.build(next(iter(stream)))
+    trainer.pooled_eval_step = None  # would fail if the pooled path were taken
+    np.testing.assert_array_equal(
+        trainer.evaluate(stream, task.n_way), trainer.evaluate(stream.dataset, task.n_way)
+    )

@@ -29,7 +29,7 @@ def episode_key(seed, stream, index) -> tf.Tensor:
     return tf.stack([tf.cast(seed, tf.int64) * 1000 + stream, tf.cast(index, tf.int64)])
 
 
-def sample_episode(
+def episode_indices(
     images: EpisodeImages,
     index: tf.Tensor,
     n_way: int,
@@ -37,12 +37,13 @@ def sample_episode(
     n_query: int,
     seed: int,
     stream: int,
-) -> Episode:
-    """Builds episode `index`: N classes, then K + Q distinct images of each.
+) -> tf.Tensor:
+    """The flat image indices `[N, K + Q]` of episode `index`: class by class, support first.
 
-    Classes may hold different numbers of images (each has at least K + Q):
-    draws past a class's count sort last, so with equal counts this is the
-    plain per-class shuffle.
+    N classes, then K + Q distinct images of each. Classes may hold
+    different numbers of images (each has at least K + Q): draws past a
+    class's count sort last, so with equal counts this is the plain
+    per-class shuffle. Row `c` is the episode's class `c` (label `c`).
     """
     counts = tf.constant(images.counts, tf.int64)
     offsets = tf.constant(images.offsets, tf.int64)
@@ -56,17 +57,32 @@ def sample_episode(
     )
     draws = tf.where(beyond, 2.0, draws)
     instances = tf.argsort(draws, axis=1)[:, : k_shot + n_query]
-    flat = tf.gather(offsets, classes)[:, None] + tf.cast(instances, tf.int64)
-    picked = images.images(flat)
+    return tf.gather(offsets, classes)[:, None] + tf.cast(instances, tf.int64)
+
+
+def episode_labels(n_way: int, shots: int) -> tf.Tensor:
+    """Labels `[n_way * shots]` of class-major images: 0 x shots, 1 x shots, ..."""
+    return tf.repeat(tf.range(n_way, dtype=tf.int32), shots)
+
+
+def sample_episode(
+    images: EpisodeImages,
+    index: tf.Tensor,
+    n_way: int,
+    k_shot: int,
+    n_query: int,
+    seed: int,
+    stream: int,
+) -> Episode:
+    """Builds episode `index`: the images at `episode_indices`, with their labels."""
+    flat = episode_indices(images, index, n_way, k_shot, n_query, seed, stream)
+    picked = images.images(flat)  # one request for the whole episode
     shape = tf.shape(picked)[2:]
-    support = tf.reshape(picked[:, :k_shot], tf.concat([[n_way * k_shot], shape], 0))
-    query = tf.reshape(picked[:, k_shot:], tf.concat([[n_way * n_query], shape], 0))
-    labels = tf.range(n_way, dtype=tf.int32)
     return Episode(
-        support_images=support,
-        support_labels=tf.repeat(labels, k_shot),
-        query_images=query,
-        query_labels=tf.repeat(labels, n_query),
+        support_images=tf.reshape(picked[:, :k_shot], tf.concat([[n_way * k_shot], shape], 0)),
+        support_labels=episode_labels(n_way, k_shot),
+        query_images=tf.reshape(picked[:, k_shot:], tf.concat([[n_way * n_query], shape], 0)),
+        query_labels=episode_labels(n_way, n_query),
     )
 
 
@@ -128,11 +144,7 @@ def episode_dataset(
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
-    if isinstance(images, ClassSet):
-        if images.images is None:
-            raise ValueError("episode_dataset: a ClassSet of files needs EpisodeImages")
-        size, channels = images.images[0].shape[1], images.images[0].shape[3]
-        images = EpisodeImages(images, size, channels, k_shot + n_query, cache_bytes=0)
+    images = _episode_images(images, k_shot + n_query)
 
     def make(index):
         episode = sample_episode(images, index, n_way, k_shot, n_query, seed, stream)
@@ -146,6 +158,85 @@ def episode_dataset(
         return episode
 
     return indexed_stream(make, count, start)
+
+
+def _episode_images(images: EpisodeImages | ClassSet, min_images: int) -> EpisodeImages:
+    """`images` as `EpisodeImages` (a `ClassSet` of generated arrays is wrapped as one)."""
+    if isinstance(images, EpisodeImages):
+        return images
+    if images.images is None:
+        raise ValueError("episode_dataset: a ClassSet of files needs EpisodeImages")
+    size, channels = images.images[0].shape[1], images.images[0].shape[3]
+    return EpisodeImages(images, size, channels, min_images, cache_bytes=0)
+
+
+class EvaluationEpisodes:
+    """A finite, unaugmented evaluation stream that also knows which image each episode shows.
+
+    Iterating it gives the `Episode`s `episode_dataset` gives for the same
+    arguments (it is one). `indices()` gives every episode's flat image
+    indices into `pool`, so an evaluation may embed each distinct image once
+    and score the episodes from those embeddings
+    (`MetaTrainer.evaluate`, for learners that embed images independently).
+    """
+
+    def __init__(self, images, n_way, k_shot, n_query, seed, stream, count, start=0):
+        self.pool = _episode_images(images, k_shot + n_query)
+        self.n_way, self.k_shot, self.n_query = int(n_way), int(k_shot), int(n_query)
+        self.seed, self.stream = int(seed), int(stream)
+        self.count, self.start = int(count), int(start)
+        self._dataset: tf.data.Dataset | None = None
+        self._indices: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def dataset(self) -> tf.data.Dataset:
+        """The episodes as a `tf.data.Dataset` (built on first use)."""
+        if self._dataset is None:
+            self._dataset = episode_dataset(
+                self.pool,
+                self.n_way,
+                self.k_shot,
+                self.n_query,
+                self.seed,
+                self.stream,
+                count=self.count,
+                start=self.start,
+            )
+        return self._dataset
+
+    def __iter__(self):
+        return iter(self.dataset)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def indices(self) -> tuple[np.ndarray, np.ndarray]:
+        """Flat pool indices of every episode: support `[E, N*K]` and query `[E, N*Q]`.
+
+        Class-major, as in the episodes: their labels are `labels()`.
+        """
+        if self._indices is None:
+
+            def draw(index):
+                return episode_indices(
+                    self.pool, index, self.n_way, self.k_shot, self.n_query, self.seed, self.stream
+                )
+
+            flat = (
+                tf.data.Dataset.range(self.start, self.start + self.count)
+                .map(draw)
+                .batch(max(1, self.count))
+                .get_single_element()
+                .numpy()
+            )
+            support = flat[:, :, : self.k_shot].reshape(self.count, -1)
+            query = flat[:, :, self.k_shot :].reshape(self.count, -1)
+            self._indices = (support, query)
+        return self._indices
+
+    def labels(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """Support `[N*K]` and query `[N*Q]` labels, the same in every episode."""
+        return episode_labels(self.n_way, self.k_shot), episode_labels(self.n_way, self.n_query)
 
 
 def indexed_stream(make, count: int | None = None, start: int = 0) -> tf.data.Dataset:

@@ -74,3 +74,32 @@ def test_sample_episode_runs_in_graph_mode():
     images = EpisodeImages(class_set, size, channels, min_images=2, cache_bytes=0)
     fn = tf.function(lambda i: episodes.sample_episode(images, i, 3, 1, 1, 0, 1))
     assert fn(tf.constant(5, tf.int64)).support_images.shape[0] == 3
+
+
+def test_evaluation_episodes_are_the_dataset_episodes_and_know_each_image_index():
+    class_set = _class_set(num_classes=9, per_class=7)
+    stream = episodes.EvaluationEpisodes(
+        class_set, n_way=4, k_shot=2, n_query=3, seed=5, stream=2, count=6, start=3
+    )
+    plain = episodes.episode_dataset(
+        class_set, n_way=4, k_shot=2, n_query=3, seed=5, stream=2, count=6, start=3
+    )
+    support_rows, query_rows = stream.indices()
+    assert support_rows.shape == (6, 8) and query_rows.shape == (6, 12)
+    support_labels, query_labels = stream.labels()
+    assert len(stream) == 6
+    seen = 0
+    for i, (mine, theirs) in enumerate(zip(stream, plain)):
+        seen += 1
+        for field in ("support_images", "support_labels", "query_images", "query_labels"):
+            np.testing.assert_array_equal(getattr(mine, field), getattr(theirs, field))
+        # The pool's images at the episode's indices are the episode's images.
+        np.testing.assert_array_equal(
+            stream.pool.images(tf.constant(support_rows[i])), mine.support_images
+        )
+        np.testing.assert_array_equal(
+            stream.pool.images(tf.constant(query_rows[i])), mine.query_images
+        )
+        np.testing.assert_array_equal(support_labels, mine.support_labels)
+        np.testing.assert_array_equal(query_labels, mine.query_labels)
+    assert seen == 6
