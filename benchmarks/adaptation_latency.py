@@ -53,7 +53,7 @@ from metasearch.search_spaces.conv_blocks import ConvBlocks  # noqa: E402
 from metasearch.testing import sample_configs  # noqa: E402
 from metasearch.training import MetaTrainer, resolve_jit_compile  # noqa: E402
 
-ARCHITECTURE = {"depth": 4, "filters": 64, "growth": 1.0}
+ARCHITECTURE = {"depth": 4, "filters": 64, "growth": 1.0, "conv_bias": False}
 NORMALIZATION = (0.5, 0.3)
 TARGET_SPEEDUP = 5.0
 # Issue 17: few_shot with its input checks within 5% of without.

@@ -141,7 +141,9 @@ def measure_training(steps: int) -> dict:
 
     task = TaskSpec(N_WAY, K_SHOT, N_QUERY, (SIZE, SIZE, 3))
     space = ConvBlocks()
-    backbone = space.build({"depth": 4, "filters": 64, "growth": 1.0}, task.image_shape)
+    backbone = space.build(
+        {"depth": 4, "filters": 64, "growth": 1.0, "conv_bias": False}, task.image_shape
+    )
     learner = PrototypicalNetworks(backbone, {"metric": "sqeuclidean", "embedding_dim": 0}, task)
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(N_WAY), 1).astype(np.int32)

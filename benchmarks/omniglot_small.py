@@ -129,7 +129,7 @@ def main():
 
     keras.utils.set_random_seed(args.seed)
     task = TaskSpec(args.train_n_way, args.k_shot, args.n_query, (size, size, 1))
-    architecture = {"depth": 4, "filters": args.filters, "growth": 1.0}
+    architecture = {"depth": 4, "filters": args.filters, "growth": 1.0, "conv_bias": False}
     plugin = registry.load("plugin", args.plugin)
     plugin_config = {**sample_configs(plugin, 1)[0], **json.loads(args.plugin_config)}
     if args.plugin == "protonet" and args.plugin_config == "{}":

@@ -63,7 +63,7 @@ def _import_tensorflow() -> None:
     from metasearch.training import MetaTrainer, resolve_jit_compile
 
 
-CONV4_64 = {"depth": 4, "filters": 64, "growth": 1.0}
+CONV4_64 = {"depth": 4, "filters": 64, "growth": 1.0, "conv_bias": False}
 N_WAY, K_SHOT, N_QUERY = 5, 1, 15
 PROTONET_TARGET = 15.0
 PROTONET_WARMUP = 30

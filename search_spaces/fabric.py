@@ -43,6 +43,7 @@ import keras
 import keras_tuner
 
 from metasearch.api import CellGraph, Config, SearchSpace
+from metasearch.layers import FusedBatchNormalization
 from metasearch.options import Option
 
 KINDS = ("same", "down", "up")
@@ -200,7 +201,7 @@ def build_trellis(config: Config, input_shape: tuple[int, int, int]) -> keras.Mo
             terms.append(x)
         x = terms[0] if len(terms) == 1 else keras.layers.Add(name=f"{name}_sum")(terms)
         # Momentum 0.9: a trial sees only hundreds of episodes (as in conv_blocks).
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        x = FusedBatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
         maps[node] = keras.layers.ReLU(name=f"{name}_relu")(x)
     return keras.Model(inputs, maps[output_node(config)], name="fabric")
 
@@ -285,7 +286,7 @@ class NeuralFabric(SearchSpace):
         x = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name="stem_conv")(
             inputs
         )
-        x = keras.layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
+        x = FusedBatchNormalization(momentum=0.9, name="stem_bn")(x)
         x = keras.layers.ReLU(name="stem_relu")(x)
         x = build_trellis(config, (height, width, channels))(x)
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)

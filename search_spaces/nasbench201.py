@@ -38,6 +38,7 @@ import keras
 import keras_tuner
 
 from metasearch.api import CellGraph, Config, SearchSpace
+from metasearch.layers import FusedBatchNormalization
 from metasearch.options import Option
 
 OPS = ("skip_connect", "none", "nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3")
@@ -119,7 +120,7 @@ def _relu_conv_bn(x, filters: int, kernel: int, strides: int, name: str):
         filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)
     # Momentum 0.9: a trial sees only hundreds of episodes (as in conv_blocks).
-    return keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return FusedBatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
 
 
 def build_cell(config: Config, input_shape: tuple[int, int, int], name: str) -> keras.Model:
@@ -260,14 +261,14 @@ class NASBench201(SearchSpace):
         x = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name="stem_conv")(
             inputs
         )
-        x = keras.layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
+        x = FusedBatchNormalization(momentum=0.9, name="stem_bn")(x)
         for stage in range(self.options["stages"]):
             if stage:
                 x = _reduction(x, channels * 2**stage, f"reduction{stage}")
             for index in range(self.options["cells_per_stage"]):
                 cell = build_cell(config, tuple(x.shape[1:]), f"cell_{stage}_{index}")
                 x = cell(x)
-        x = keras.layers.BatchNormalization(momentum=0.9, name="last_bn")(x)
+        x = FusedBatchNormalization(momentum=0.9, name="last_bn")(x)
         x = keras.layers.ReLU(name="last_relu")(x)
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
         return keras.Model(inputs, x, name="nasbench201")

@@ -63,9 +63,9 @@ from typing import Any
 
 import keras
 import keras_tuner
-import tensorflow as tf
 
 from metasearch.api import CellGraph, Config, SearchSpace
+from metasearch.layers import FusedBatchNormalization
 from metasearch.options import Option
 
 OPS = (
@@ -231,45 +231,6 @@ class _Namer:
         count = self.counts.get(stem, 0)
         self.counts[stem] = count + 1
         return stem if count == 0 else f"{stem}_{count}"
-
-
-class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """Keras batch norm that trains through TensorFlow's fused kernel.
-
-    Keras 3 normalises with separate moment and arithmetic ops; on CPU the
-    fused kernel makes a NASNet training step about a quarter faster (cells
-    hold a dozen batch norms each). Under XLA, which fuses the Keras ops
-    itself and compiles them faster than the fused kernel's gradient, in
-    inference, and wherever the fused kernel does not apply, the Keras path
-    runs; the moving statistics are the same (biased batch variance).
-    """
-
-    def call(self, inputs, training=None, mask=None):
-        in_xla = getattr(tf.__internal__, "get_enclosing_xla_context", lambda: None)()
-        fusable = (
-            training
-            and in_xla is None
-            and self.trainable
-            and mask is None
-            and self.scale
-            and self.center
-            and len(inputs.shape) == 4
-            and self.axis in (-1, 3)
-            and inputs.dtype == tf.float32
-        )
-        if not fusable:
-            return super().call(inputs, training=training, mask=mask)
-        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            inputs, self.gamma, self.beta, epsilon=self.epsilon, is_training=True
-        )
-        # The fused kernel returns the unbiased variance; Keras tracks the biased one.
-        count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), tf.float32)
-        variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
-        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(
-            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
-        )
-        return outputs
 
 
 def _bn(name: str) -> keras.layers.BatchNormalization:

@@ -61,7 +61,7 @@ def conv4(track_running_stats: bool = True, head: int = 0) -> nn.Sequential:
     channels, size = IMAGE_SHAPE[2], IMAGE_SHAPE[0]
     for _ in range(DEPTH):
         layers += [
-            nn.Conv2d(channels, FILTERS, 3, padding=1),
+            nn.Conv2d(channels, FILTERS, 3, padding=1, bias=False),  # as conv_blocks
             nn.BatchNorm2d(
                 FILTERS,
                 eps=BN_EPSILON,
@@ -81,7 +81,8 @@ def conv4(track_running_stats: bool = True, head: int = 0) -> nn.Sequential:
     for module in model.modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
             nn.init.xavier_uniform_(module.weight)  # Keras's glorot_uniform
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
     return model
 
 
