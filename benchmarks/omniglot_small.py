@@ -156,7 +156,9 @@ def main():
         trainer = MetaTrainer(learner, normalization, args.learning_rate, None, jit)
     results = {}
     for n_way in (5, 20):
-        test_stream = episodes.episode_dataset(
+        # The same episodes as before; learners that embed images independently score
+        # them pooled (each distinct image embedded once).
+        test_stream = episodes.EvaluationEpisodes(
             test, n_way, 1, 15, args.seed, episodes.TEST_STREAM, count=args.test_episodes
         )
         accuracies = trainer.evaluate(test_stream, n_way)

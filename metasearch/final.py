@@ -154,7 +154,7 @@ def run_final_phase(
 
     # 2. Further training of the top k, within what the budget leaves.
     candidates = ranked[: config.final_top_k]
-    per_candidate = _training_allowance(job, budget, tester, ways, len(candidates))
+    per_candidate = _training_allowance(job, budget, tester, ways, candidates)
     training = candidates
     if candidates and per_candidate is not None and per_candidate[1] <= 0:
         report(
@@ -258,17 +258,21 @@ def _comparison(a: np.ndarray, b: np.ndarray, kind) -> dict[str, float]:
     return {"difference": mean, "ci95": ci95, "better": bool(kind.goodness(mean) - ci95 > 0)}
 
 
-def _training_allowance(job: Job, budget, tester: _Tester, ways, candidates: int):
+def _training_allowance(job: Job, budget, tester: _Tester, ways, candidates: list[dict]):
     """`("seconds", s)` or `("episodes", n)` of further training per candidate, or None."""
     config = job.config
-    if candidates == 0:
+    if not candidates:
         return None
     if budget is None:
         return ("episodes", int(config.final_episodes or config.episodes_per_trial))
-    # What evaluation still costs: the candidates' meta-validation, the kept one's tests.
+    # What evaluation still costs: the candidates' meta-validation (as long as their
+    # trials' took, or scaled from the meta-tests), the kept one's tests.
     evaluation = sum(config.test_episodes * tester.estimate(way) for way in ways)
-    evaluation += candidates * config.eval_episodes * tester.estimate(config.n_way)
-    seconds = (budget.left() - EVALUATION_MARGIN * evaluation) / candidates
+    for record in candidates:
+        measured = record.get("seconds", {}).get("validation")
+        scaled = config.eval_episodes * tester.estimate(config.n_way)
+        evaluation += measured if measured is not None else scaled
+    seconds = (budget.left() - EVALUATION_MARGIN * evaluation) / len(candidates)
     return ("seconds", max(0.0, seconds))
 
 

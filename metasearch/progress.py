@@ -122,9 +122,11 @@ class Progress:
         if "val_ci95" not in record:
             self._write(f"  -> table accuracy {100 * record['val_accuracy']:.2f}%\n")
             return
+        share = record.get("train_share")
+        training = f", {100 * share:.0f}% of it training" if share is not None else ""
         self._write(
             f"  -> val accuracy {100 * record['val_accuracy']:.2f} ± {100 * record['val_ci95']:.2f}% "
-            f"({record['parameters']:,} parameters, {record['wall_seconds']:.0f}s)\n"
+            f"({record['parameters']:,} parameters, {record['wall_seconds']:.0f}s{training})\n"
         )
 
     def trial_failed(self, trial_id: str, error: str) -> None:

@@ -370,7 +370,9 @@ def check_pooled_evaluation(learner: MetaLearner, task: TaskSpec, episodes: int 
         mode = "XLA " if jit_compile else ""
         evaluator = MetaTrainer(learner, normalization, 1e-3, 4, jit_compile=jit_compile)
         actual = evaluator.evaluate(stream, task.n_way)
-        if actual.shape != expected.shape or not np.allclose(actual, expected, atol=1e-6):
+        # Two logits within rounding of each other may swap: one query per episode at most.
+        one_query = 1.0 / (task.n_way * task.n_query) + 1e-6
+        if actual.shape != expected.shape or not np.allclose(actual, expected, atol=one_query):
             raise ConformanceError(
                 f"{mode}pooled evaluation scored the episodes {np.round(actual, 4).tolist()}; "
                 f"image by image: {np.round(expected, 4).tolist()}"

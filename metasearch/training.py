@@ -10,8 +10,10 @@ reached), so an interrupted run goes on exactly where its checkpoint was.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -191,6 +193,14 @@ class MetaTrainer:
         self.learner.predict(state, episode.query_images)
         self.learner.embed(episode.query_images)
         self.optimizer.build(self.learner.trainable_variables)
+
+    def trace(self, episodes: Episode | tuple[Episode, ...]) -> None:
+        """Traces the training step for `episodes`' shapes now, without running it.
+
+        `train` then reuses the trace; the caller can time tracing apart from training.
+        """
+        batch = tuple(episodes) if not isinstance(episodes, Episode) else (episodes,)
+        self.train_step.get_concrete_function(batch[0] if len(batch) == 1 else batch)
 
     def _num_classes(self, support_labels) -> int:
         return self.kind.classes_in(support_labels)
@@ -439,7 +449,8 @@ class MetaTrainer:
         200 validation episodes of 80 images usually show a few hundred).
         """
         if isinstance(episodes, EvaluationEpisodes) and self.learner.EMBEDS_IMAGES_INDEPENDENTLY:
-            return self._evaluate_pooled(episodes, num_classes)
+            with _expected_retracing():
+                return self._evaluate_pooled(episodes, num_classes)
         results = [self.eval_step(episode, num_classes) for episode in episodes]
         return np.array([float(r) for r in results], np.float64)
 
@@ -447,13 +458,16 @@ class MetaTrainer:
         support, query = episodes.indices()
         distinct, rows = np.unique(np.concatenate([support, query], axis=1), return_inverse=True)
         rows = rows.reshape(len(support), -1).astype(np.int32)
+        # Every call embeds EMBED_BATCH images (the last padded with repeats), so one
+        # trace, or one XLA compilation, serves every evaluation.
+        padded = np.resize(distinct, -(-len(distinct) // EMBED_BATCH) * EMBED_BATCH)
         embeddings = tf.concat(
             [
-                self.embed_step(episodes.pool.images(tf.constant(distinct[i : i + EMBED_BATCH])))
-                for i in range(0, len(distinct), EMBED_BATCH)
+                self.embed_step(episodes.pool.images(tf.constant(padded[i : i + EMBED_BATCH])))
+                for i in range(0, len(padded), EMBED_BATCH)
             ],
             axis=0,
-        )
+        )  # rows beyond len(distinct) are padding, never gathered
         support_labels, query_labels = episodes.labels()
         width = support.shape[1]
         scores = self.pooled_eval_step(
@@ -467,6 +481,28 @@ class MetaTrainer:
         return scores.numpy().astype(np.float64)
 
 
+class _RetracingWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _expected_retracing():
+    """Silences TensorFlow's frequent-retracing warning, for steps traced once per trainer.
+
+    A pooled evaluation calls its steps a few times per trainer, and a search
+    makes a trainer per trial: TensorFlow counts those traces across trainers
+    and warns, though each trainer traces once per shape, as it must.
+    """
+    quiet = _RetracingWarnings()
+    logger = logging.getLogger("tensorflow")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def _nan_unless_finite(loss: tf.Tensor, gradients) -> tf.Tensor:
     """`loss`, or NaN when a gradient is not finite, so divergence is caught either way.
 
@@ -474,8 +510,10 @@ def _nan_unless_finite(loss: tf.Tensor, gradients) -> tf.Tensor:
     turn NaN activations into numbers, so NaN weights or inputs can leave the
     loss finite while their gradients are NaN.
     """
-    norm = tf.linalg.global_norm([g for g in gradients if g is not None])
-    return tf.where(tf.math.is_finite(norm), loss, tf.constant(float("nan"), loss.dtype))
+    finite = tf.reduce_all(
+        [tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None] or [True]
+    )
+    return tf.where(finite, loss, tf.constant(float("nan"), loss.dtype))
 
 
 class _TrainingLog:
@@ -503,6 +541,7 @@ class _TrainingLog:
         self._on_checkpoint: Callable[[TrainingState], None] | None = None
         self._checkpoint_seconds = 0.0
         self._last_checkpoint = self.start
+        self.callback_seconds = 0.0  # in the callbacks: not training
 
     def resume(self, state: TrainingState | None) -> None:
         """Counts on from a checkpoint's step, losses, metrics and seconds."""
@@ -518,8 +557,8 @@ class _TrainingLog:
         self._checkpoint_seconds = float(seconds)
 
     def seconds(self) -> float:
-        """Training seconds so far, the earlier pieces of a resumed run included."""
-        return self._seconds_before + time.perf_counter() - self.start
+        """Training seconds so far (callbacks left out), earlier pieces of a resumed run included."""
+        return self._seconds_before + time.perf_counter() - self.start - self.callback_seconds
 
     def state(self) -> TrainingState:
         return TrainingState(self.step, self.seconds(), list(self.losses), list(self.accuracies))
@@ -530,7 +569,8 @@ class _TrainingLog:
             loss_value = float(loss)
             if not math.isfinite(loss_value):
                 raise DivergedError(
-                    f"meta-training loss became {loss_value} by episode {self.step}"
+                    f"meta-training loss (or its gradients) became {loss_value} "
+                    f"by episode {self.step}"
                 )
             self.losses.append(loss_value)
             self.accuracies.append(float(accuracy))
@@ -557,9 +597,10 @@ class _TrainingLog:
             self._last_checkpoint = time.perf_counter()
         # The next chunk's time starts after the callbacks (they are not training).
         self._chunk_start = time.perf_counter()
+        self.callback_seconds += self._chunk_start - now
 
     def summary(self) -> dict[str, float]:
-        """Mean loss and task metric over the last tenth of training, and the seconds spent."""
+        """Mean loss and metric over the last tenth of training, seconds training and in callbacks."""
         tail = max(1, len(self.losses) // 10)
         return {
             "train_loss": float(np.mean(self.losses[-tail:])) if self.losses else float("nan"),
@@ -567,4 +608,5 @@ class _TrainingLog:
             if self.accuracies
             else float("nan"),
             "train_seconds": self.seconds(),
+            "callback_seconds": self.callback_seconds,
         }

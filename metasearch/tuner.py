@@ -147,7 +147,7 @@ class FewShotTuner(kt_adapter.BaseTuner):
     def _run_trial(self, trial, *args, **kwargs):
         config, space = self.job.config, self.job.components.space
         started = time.time()
-        sampled = self.job.components.sample(trial.hyperparameters)
+        sampled = self._as_parent_built(trial, self.job.components.sample(trial.hyperparameters))
         record: dict[str, Any] = {
             "trial_id": trial.trial_id,
             "architecture": space.describe(sampled["architecture"]),
@@ -187,11 +187,34 @@ class FewShotTuner(kt_adapter.BaseTuner):
             detail = "" if quiet else "\n" + traceback.format_exc()
             raise keras_tuner.errors.FailedTrialError(record["error"] + detail) from error
         record.update(status="COMPLETED", wall_seconds=time.time() - started, **metrics)
+        if "seconds" in record:
+            # The rest: sampling, the trial's TensorBoard writer, progress lines.
+            counted = sum(record["seconds"].values())
+            record["seconds"]["other"] = max(0.0, record["wall_seconds"] - counted)
+            record["train_share"] = record["seconds"]["training"] / max(
+                record["wall_seconds"], 1e-9
+            )
         self.job.run_dir.write_trial_record(trial.trial_id, record)
         board.finish(record)
         self.progress.trial_finished(trial.trial_id, record)
         name = self.job.objective[0]
         return {name: metrics[name]}
+
+    def _as_parent_built(self, trial, sampled: dict[str, Any]) -> dict[str, Any]:
+        """`sampled`, with the recorded architecture of the trial it continues (Hyperband).
+
+        An architecture config may hold settings that are not searched but shape
+        the weights (e.g. `conv_blocks`' `conv_bias`, absent from trials of earlier
+        versions): a continued trial builds what its parent built, so the
+        parent's weights load.
+        """
+        parent = trial.hyperparameters.values.get("tuner/trial_id")
+        if not parent:
+            return sampled
+        for record in self.job.run_dir.trial_results():
+            if record["trial_id"] == parent and "architecture_config" in record:
+                return {**sampled, "architecture": record["architecture_config"]}
+        return sampled
 
     def _look_up(self, sampled) -> dict[str, Any]:
         key = self.job.components.space.table_key(sampled["architecture"])
@@ -236,9 +259,17 @@ class FewShotTuner(kt_adapter.BaseTuner):
         mean, ci95 = episodes.mean_and_ci95(scores)
         if not np.isfinite(mean):
             raise DivergedError(f"meta-validation {job.objective[0]} is {mean}")
+        seconds = record.setdefault("seconds", {})
+        started = time.monotonic()
         record["latency_ms"] = adaptation_latency(learner, job)
         record["latency_task"] = latency.task_description(learner)
+        seconds["latency"] = time.monotonic() - started
+        started = time.monotonic()
         save_weights(learner.weights, job.run_dir.weights_path(trial.trial_id))
+        seconds["saving"] = time.monotonic() - started
+        seconds.setdefault("training", float(train_metrics["train_seconds"]))
+        if "racing" in record:
+            seconds["racing"] = record["racing"]["racing_seconds"]
         return {
             job.objective[0]: mean,
             "val_ci95": ci95,
@@ -331,6 +362,7 @@ class FewShotTuner(kt_adapter.BaseTuner):
 
     def _train_and_score(self, trial, sampled, record, board, plan, resume) -> dict[str, Any]:
         job, config = self.job, self.job.config
+        setup_started = time.monotonic()
         keras.backend.clear_session()
         seed = plan["seed"]
         keras.utils.set_random_seed(seed)
@@ -390,7 +422,14 @@ class FewShotTuner(kt_adapter.BaseTuner):
 
         race = self._race(trial.trial_id, trainer, steps, resumed_steps)
         curve = board.curve(done) if board is not None else None
+        tracing_started = time.monotonic()
+        trainer.trace(first if config.meta_batch_size == 1 else (first,) * config.meta_batch_size)
         started = time.monotonic()
+        # Where the trial's wall time goes (`_scored` adds validation, latency, saving).
+        record["seconds"] = {
+            "setup": tracing_started - setup_started,
+            "tracing": started - tracing_started,
+        }
         try:
             train_metrics = trainer.train(
                 itertools.chain([first], stream),
@@ -408,14 +447,21 @@ class FewShotTuner(kt_adapter.BaseTuner):
             )
         except racing.RacedOutError as stopped:
             return self._raced_out(trial, learner, record, race, stopped.verdict, started)
+        # The callbacks between chunks of steps (curves, progress, checkpoints, the
+        # rungs' evaluations) are not training; train_seconds leaves them out.
+        callbacks = train_metrics.pop("callback_seconds")
         if race is not None:
             record["racing"] = race.record()
-            # The rungs' evaluations ran between training chunks: they are not training.
-            train_metrics["train_seconds"] -= race.seconds
+        # This run's training (a resumed trial's train_seconds counts its earlier pieces too).
+        earlier = resume.train_seconds if resume is not None else 0.0
+        record["seconds"]["training"] = train_metrics["train_seconds"] - earlier
+        record["seconds"]["callbacks"] = callbacks - (race.seconds if race is not None else 0.0)
+        validation_started = time.monotonic()
         val_stream = job.episode_stream(
             "val", config.seed, episodes.VAL_STREAM, count=config.eval_episodes
         )
         scores = trainer.evaluate(val_stream, job.kind.eval_classes(config.n_way))
+        record["seconds"]["validation"] = time.monotonic() - validation_started
         return self._scored(trial, learner, record, scores, train_metrics)
 
 

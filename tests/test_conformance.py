@@ -84,7 +84,6 @@ def test_the_pooled_evaluation_check_catches_a_learner_that_does_not_embed_indep
 
     task = testing.tiny_task()
     space = {"depth": 1, "filters": 8, "growth": 1.0}
-    learner = testing.build_learner(Transductive, "conv_blocks", task, None, space)
     for claims in (Transductive, SeesSupportImages):
         learner = testing.build_learner(claims, "conv_blocks", task, None, space)
         with pytest.raises(testing.ConformanceError, match="episode 0: logits from pooled"):

@@ -126,6 +126,22 @@ def test_each_trial_records_its_costs_and_the_leaderboard_marks_the_pareto_front
         assert trial["parameters"] > 0 and trial["flops"] > 0
         assert 0 < trial["latency_ms"] < 5000
         assert trial["latency_task"] == "5-way 1-shot, 1 query per class"
+        # Where the trial's wall time went, every part counted once.
+        parts = trial["seconds"]
+        assert set(parts) == {
+            "setup",
+            "tracing",
+            "training",
+            "callbacks",
+            "validation",
+            "latency",
+            "saving",
+            "other",
+        }
+        assert all(value >= 0 for value in parts.values())
+        assert sum(parts.values()) == pytest.approx(trial["wall_seconds"], abs=0.05)
+        assert parts["training"] == pytest.approx(trial["train_seconds"])
+        assert trial["train_share"] == pytest.approx(parts["training"] / trial["wall_seconds"])
     board = (out / "leaderboard.txt").read_text()
     header = board.splitlines()[1]
     assert "latency" in header and "pareto" in header

@@ -8,7 +8,7 @@ from metasearch import testing
 from metasearch.api import class_means
 from metasearch.plugins.protonet import PrototypicalNetworks, squared_distances
 from metasearch.search_spaces.conv_blocks import ConvBlocks
-from metasearch.training import DivergedError, MetaTrainer, resolve_jit_compile
+from metasearch.training import EMBED_BATCH, DivergedError, MetaTrainer, resolve_jit_compile
 
 
 def test_auto_jit_picks_graph_mode_on_cpu_and_flags_override():
@@ -219,12 +219,16 @@ def test_pooled_evaluation_embeds_each_distinct_image_once_and_scores_as_image_b
     image_by_image = trainer.evaluate(stream.dataset, task.n_way)
     requested = []
     images = stream.pool.images
-    stream.pool.images = lambda flat: (requested.append(int(flat.shape[0])), images(flat))[1]
+    stream.pool.images = lambda flat: (requested.append(flat.numpy()), images(flat))[1]
     pooled = trainer.evaluate(stream, task.n_way)
-    # One request (one batch to embed) of the distinct images the episodes show.
+    # One batch to embed: the distinct images the episodes show, padded with repeats
+    # to the fixed batch size (one trace for every evaluation).
     support, query = stream.indices()
-    assert requested == [len(np.unique(np.concatenate([support, query], axis=1)))]
-    assert requested[0] < support.size + query.size
+    distinct = np.unique(np.concatenate([support, query], axis=1))
+    assert len(distinct) < support.size + query.size
+    assert len(requested) == 1 and len(requested[0]) == EMBED_BATCH
+    np.testing.assert_array_equal(requested[0][: len(distinct)], distinct)
+    assert set(requested[0]) == set(distinct)
     np.testing.assert_allclose(pooled, image_by_image, atol=1e-6)
     assert pooled.shape == (8,) and len(set(np.round(pooled, 4))) > 1
 
@@ -245,3 +249,18 @@ def test_a_learner_that_does_not_embed_images_independently_is_evaluated_image_b
     np.testing.assert_array_equal(
         trainer.evaluate(stream, task.n_way), trainer.evaluate(stream.dataset, task.n_way)
     )
+
+
+def test_pooled_evaluation_by_a_trainer_per_trial_does_not_warn_about_retracing(caplog):
+    # A search makes a trainer per trial; each traces its pooled steps once, and
+    # TensorFlow would count those traces together and warn.
+    task = dataclasses.replace(testing.tiny_task(), k_shot=1, n_query=4)
+    stream = _evaluation_stream(task, count=4)
+    for _trial in range(6):
+        _, learner = _small_protonet()
+        trainer = MetaTrainer(learner, (0.5, 0.3), 1e-3, 5, jit_compile=False)
+        trainer.build(next(iter(stream)))
+        for _ in range(2):
+            assert trainer.evaluate(stream, task.n_way).shape == (4,)
+    warnings = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
+    assert warnings == []

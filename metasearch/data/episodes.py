@@ -165,7 +165,7 @@ def _episode_images(images: EpisodeImages | ClassSet, min_images: int) -> Episod
     if isinstance(images, EpisodeImages):
         return images
     if images.images is None:
-        raise ValueError("episode_dataset: a ClassSet of files needs EpisodeImages")
+        raise ValueError("episodes: a ClassSet of files needs EpisodeImages")
     size, channels = images.images[0].shape[1], images.images[0].shape[3]
     return EpisodeImages(images, size, channels, min_images, cache_bytes=0)
 
