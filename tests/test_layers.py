@@ -59,8 +59,11 @@ def test_training_outputs_gradients_and_running_statistics_match_keras():
     # The biased batch variance, as Keras tracks it (the fused kernel returns the unbiased one).
     np.testing.assert_allclose(var_b, var_a, rtol=1e-5, atol=1e-6)
     assert np.all(np.abs(mean_a) > 1e-3) and np.all(np.abs(var_a - 1.0) > 1e-3)
-    # Inference uses the running statistics, the same way.
+    # Inference uses the running statistics, the same way, through the fused kernel too.
     np.testing.assert_allclose(fused(x, training=False), plain(x, training=False), atol=1e-5)
+    infer = tf.function(lambda x: fused(x, training=False))
+    ops = {op.type for op in infer.get_concrete_function(x).graph.get_operations()}
+    assert "FusedBatchNormV3" in ops
 
 
 def test_second_order_gradients_through_the_fused_kernel_match_keras_exact_moments():
