@@ -102,8 +102,9 @@ def test_conformance_suite_runs_the_third_party_plugin_too(plugin_path):
         cwd=tests_dir.parent,
     )
     assert result.returncode == 0, result.stdout[-3000:]
-    # The suite's six classification checks (colour episodes included); no regression check.
-    assert "6 passed, 1 skipped" in result.stdout, result.stdout[-1000:]
+    # The suite's seven classification checks (colour episodes and pooled evaluation
+    # included); no regression check.
+    assert "7 passed, 1 skipped" in result.stdout, result.stdout[-1000:]
 
 
 def test_the_packages_own_conformance_suite_passes_against_the_installed_package(
@@ -122,5 +123,6 @@ def test_the_packages_own_conformance_suite_passes_against_the_installed_package
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:]
-    # The five cheap checks pass (colour episodes included); no regression check to run.
-    assert "5 passed, 1 skipped" in result.stdout, result.stdout[-1000:]
+    # The six cheap checks pass (colour episodes and pooled evaluation included); no
+    # regression check to run.
+    assert "6 passed, 1 skipped" in result.stdout, result.stdout[-1000:]
