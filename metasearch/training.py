@@ -261,28 +261,11 @@ class MetaTrainer:
         files.load_checkpoint(path, self.checkpoint_variables())
         return state
 
-    def _train_step(self, episodes: Episode | tuple[Episode, ...]):
-        """One optimiser step on an episode, or on the mean loss of a tuple of them."""
-        batch = (episodes,) if isinstance(episodes, Episode) else tuple(episodes)
-        variables = self.learner.trainable_variables
-        with tf.GradientTape() as tape:
-            losses, values = [], []
-            for episode in batch:
-                loss, metrics = self.learner.meta_train_loss(self._normalize(episode))
-                losses.append(loss)
-                values.append(metrics[self.metric])
-            loss = tf.add_n(losses) / len(batch)
-        gradients = tape.gradient(loss, variables)
-        loss = _nan_unless_finite(loss, gradients)
-        # Weights a loss cannot reach (e.g. first-order MAML's per-step batch
-        # norm of the support passes) get no update, without a warning per trace.
-        self.optimizer.apply_gradients(
-            [(g, v) for g, v in zip(gradients, variables) if g is not None]
-        )
-        return loss, {self.metric: tf.add_n(values) / len(batch)}
+    def _mean_loss_and_gradients(self, episodes: tuple[Episode, ...]):
+        """The mean loss and task metric of `episodes`, and the loss's gradients.
 
-    def _share_gradients(self, episodes: tuple[Episode, ...]):
-        """One replica's part of a step: the mean loss and metric of its episodes, gradients."""
+        The loss is NaN when a gradient is not finite (`_nan_unless_finite`).
+        """
         variables = self.learner.trainable_variables
         with tf.GradientTape() as tape:
             losses, values = [], []
@@ -292,9 +275,24 @@ class MetaTrainer:
                 values.append(metrics[self.metric])
             loss = tf.add_n(losses) / len(episodes)
         gradients = tape.gradient(loss, variables)
-        loss = _nan_unless_finite(loss, gradients)
-        self._reached = [i for i, g in enumerate(gradients) if g is not None]
         metric = tf.add_n(values) / len(episodes)
+        return _nan_unless_finite(loss, gradients), metric, gradients
+
+    def _train_step(self, episodes: Episode | tuple[Episode, ...]):
+        """One optimiser step on an episode, or on the mean loss of a tuple of them."""
+        batch = (episodes,) if isinstance(episodes, Episode) else tuple(episodes)
+        loss, metric, gradients = self._mean_loss_and_gradients(batch)
+        # Weights a loss cannot reach (e.g. first-order MAML's per-step batch
+        # norm of the support passes) get no update, without a warning per trace.
+        self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(gradients, self.learner.trainable_variables) if g is not None]
+        )
+        return loss, {self.metric: metric}
+
+    def _share_gradients(self, episodes: tuple[Episode, ...]):
+        """One replica's part of a step: the mean loss and metric of its episodes, gradients."""
+        loss, metric, gradients = self._mean_loss_and_gradients(tuple(episodes))
+        self._reached = [i for i, g in enumerate(gradients) if g is not None]
         return loss, metric, [gradients[i] for i in self._reached]
 
     def _mirrored_train_step(self, episodes: tuple[Episode, ...]):
