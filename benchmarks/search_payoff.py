@@ -1,7 +1,8 @@
 """Does a search pay for itself? The preset search against the default, same time, same episodes.
 
-Runs two jobs one after the other, each with the whole machine and the same
-`--time_budget` (default 30m, from the preset flagfile):
+Runs two jobs one after the other (or one per invocation, `--jobs`), each
+with the whole machine and the same `--time_budget` (default 30m, from the
+preset flagfile):
 
 * `search`: `benchmarks/presets/omniglot_search_30m.flags` (train on
   `images_background_small1`, test on the three alphabets only
@@ -17,6 +18,7 @@ difference with its 95% interval, the targets (search >= baseline + 1.0 point
 with the interval above zero; >= 90% 20-way 1-shot) and the search's cost.
 
     python benchmarks/search_payoff.py [--budget 30m] [--output_dir /tmp/search_payoff]
+    python benchmarks/search_payoff.py --jobs=baseline   # then --jobs=search: scored then
 
 A shorter `--budget` (e.g. 5m) checks the harness; only 30m measures the issue's target.
 """
@@ -51,6 +53,20 @@ def _run(args: list[str], log_path: str) -> float:
     if code != 0:
         raise SystemExit(f"search_payoff: metasearch exited {code}; see {log_path}")
     return time.monotonic() - started
+
+
+def _previous_seconds(output_dir: str) -> dict[str, float]:
+    """The jobs' wall seconds measured by earlier invocations (`--jobs`)."""
+    try:
+        with open(os.path.join(output_dir, "seconds.json"), encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return {}
+
+
+def _save_seconds(output_dir: str, seconds: dict[str, float]) -> None:
+    with open(os.path.join(output_dir, "seconds.json"), "w", encoding="utf-8") as handle:
+        json.dump(seconds, handle)
 
 
 def default_values(run_dir: str) -> dict:
@@ -102,30 +118,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="30m", help="--time_budget of each job")
     parser.add_argument("--output_dir", default="/tmp/search_payoff")
+    parser.add_argument(
+        "--jobs",
+        default="baseline,search",
+        help="the jobs to run now; a job left out must have finished in --output_dir "
+        "(e.g. `--jobs=baseline`, later `--jobs=search`), and the scoring needs both",
+    )
     args = parser.parse_args()
+    jobs = [job for job in args.jobs.split(",") if job]
+    unknown = sorted(set(jobs) - {"baseline", "search"})
+    if unknown:
+        parser.error(f"--jobs: unknown job {unknown[0]!r}; known: baseline, search")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.makedirs(args.output_dir, exist_ok=True)
     search_dir = os.path.join(args.output_dir, "search")
     baseline_dir = os.path.join(args.output_dir, "baseline")
     load_before = os.getloadavg()
     common = [f"--flagfile={PRESET}", f"--time_budget={args.budget}", "--overwrite", "--noprogress"]
-    _log(f"search: {args.budget} with {PRESET}")
-    search_seconds = _run(
-        [*common, f"--output_dir={search_dir}"], os.path.join(args.output_dir, "search.log")
-    )
+    seconds = _previous_seconds(args.output_dir)
+    if "baseline" in jobs:
+        # The default configuration is the search's first trial; --fix_hparams pins it
+        # (the search's trial 0 must show the same values: checked below).
+        _log(f"baseline: the default configuration for {args.budget}")
+        seconds["baseline"] = _run(
+            [*common, f"--output_dir={baseline_dir}", "--max_trials=1", "--racing=none"],
+            os.path.join(args.output_dir, "baseline.log"),
+        )
+    if "search" in jobs:
+        _log(f"search: {args.budget} with {PRESET}")
+        seconds["search"] = _run(
+            [*common, f"--output_dir={search_dir}"], os.path.join(args.output_dir, "search.log")
+        )
+    _save_seconds(args.output_dir, seconds)
+    if not all(os.path.exists(os.path.join(d, "results.json")) for d in (search_dir, baseline_dir)):
+        _log("scoring needs both jobs finished; run the other with --jobs")
+        return
     defaults = default_values(search_dir)
-    fixed = ",".join(f"{name}={value}" for name, value in defaults.items())
-    _log(f"baseline: the default configuration for {args.budget}")
-    baseline_seconds = _run(
-        [
-            *common,
-            f"--output_dir={baseline_dir}",
-            "--max_trials=1",
-            "--racing=none",
-            f"--fix_hparams={fixed}",
-        ],
-        os.path.join(args.output_dir, "baseline.log"),
-    )
+    if default_values(baseline_dir) != defaults:
+        raise SystemExit(
+            "search_payoff: the baseline's configuration is not the search's first trial: "
+            f"{default_values(baseline_dir)} != {defaults}"
+        )
+    search_seconds, baseline_seconds = seconds["search"], seconds["baseline"]
     _log("scoring both final learners on the same meta-test episodes")
     scored = score({"search": search_dir, "baseline": baseline_dir})
     with open(os.path.join(search_dir, "results.json"), encoding="utf-8") as handle:
