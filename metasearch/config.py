@@ -36,6 +36,7 @@ IDENTITY_FIELDS = (
     "max_params",
     "fix_hparams",
     "episodes_per_trial",
+    "trial_time",
     "eval_episodes",
     "n_way",
     "k_shot",
@@ -101,6 +102,13 @@ class RunConfig:
     A trial writes a checkpoint to resume from every `checkpoint_seconds` of
     training (0: never); a rerun goes on from it (not part of the identity).
 
+    `trial_time` (a duration) gives each trial that much training time
+    instead of `episodes_per_trial` episodes: trials are then compared (and
+    raced) after equal seconds, which is what a time-budgeted final phase
+    rewards; the episodes a trial held are recorded (they depend on the
+    machine's speed, so such a search is repeatable only in its choices'
+    order, not in its numbers).
+
     `time_budget` (`"30m"`, `"2h"`, see `parse_duration`) bounds the whole
     job, search and final phase together; without it `max_trials` (default
     4) bounds the search. `start_from_default` makes the first trial the
@@ -134,6 +142,7 @@ class RunConfig:
     time_budget: str | None = None
     start_from_default: bool = True
     episodes_per_trial: int = 500
+    trial_time: str | None = None
     eval_episodes: int = 200
     n_way: int = 5
     k_shot: int = 1

@@ -110,6 +110,14 @@ flags.DEFINE_string(
     "Wall-clock budget of the whole job, search and final phase together (e.g. 90s, 30m, 2h, "
     "1h30m): trials start while the search's share is left, then the final phase gets the rest.",
 )
+flags.DEFINE_string(
+    "trial_time",
+    _default("trial_time"),
+    "Training time of each trial (e.g. 45s, 2m) instead of --episodes_per_trial episodes: "
+    "trials are compared, and raced, after equal seconds of training (what a time-budgeted "
+    "final phase rewards), so a fast network is not judged against a slow one at equal "
+    "episodes. Each trial records the episodes it held.",
+)
 flags.DEFINE_bool(
     "start_from_default",
     _default("start_from_default"),
@@ -155,7 +163,7 @@ flags.DEFINE_integer(
     "final_episodes",
     _default("final_episodes"),
     "Final phase without --time_budget: further meta-training episodes for each of the "
-    "--final_top_k candidates (default: --episodes_per_trial).",
+    "--final_top_k candidates (default: --episodes_per_trial, or --trial_time of training).",
     lower_bound=1,
 )
 flags.DEFINE_integer(
@@ -168,7 +176,7 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "episodes_per_trial",
     _default("episodes_per_trial"),
-    "Meta-training episodes per trial.",
+    "Meta-training episodes per trial (unless --trial_time gives trials time instead).",
     lower_bound=1,
 )
 flags.DEFINE_integer(

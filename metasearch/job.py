@@ -114,6 +114,11 @@ def check_budget_settings(config: RunConfig) -> None:
             parse_duration(config.time_budget)
         except ValueError as error:
             raise UsageError(str(error)) from None
+    if config.trial_time is not None:
+        try:
+            parse_duration(config.trial_time, "--trial_time")
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     if config.max_trials is not None and config.max_trials < 1:
         raise UsageError(f"--max_trials: {config.max_trials} is not a positive number of trials")
     if not 0.0 <= config.final_share <= 0.9:

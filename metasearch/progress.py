@@ -11,6 +11,7 @@ import time
 from typing import Any, TextIO
 
 from metasearch.budget import TimeBudget, format_duration
+from metasearch.config import parse_duration
 
 
 class Progress:
@@ -52,10 +53,16 @@ class Progress:
         mode = "XLA" if jit_compile else "graph mode"
         self._write(
             f"metasearch{where}: {config.plugin} x {config.search_space} on {config.dataset}, "
-            f"{self._trials_planned(config)} of {config.episodes_per_trial} episodes "
+            f"{self._trials_planned(config)} of {self._trial_length(config)} "
             f"({config.train_n_way}-way {config.k_shot}-shot {config.n_query}-query), "
             f"strategy {config.strategy}, {mode}{resumed}\n  output: {config.output_dir}\n"
         )
+
+    @staticmethod
+    def _trial_length(config) -> str:
+        if config.trial_time:
+            return f"{format_duration(parse_duration(config.trial_time, '--trial_time'))} training"
+        return f"{config.episodes_per_trial} episodes"
 
     def _trials_planned(self, config) -> str:
         if self.budget is None:
@@ -87,22 +94,32 @@ class Progress:
         self._write(f"trial {trial_id} ({number}{of}{self._eta()}): {what}\n")
 
     def trial_step(
-        self, trial_id: str, step: int, total: int, loss: float, accuracy: float
+        self,
+        trial_id: str,
+        step: int,
+        total: int | None,
+        loss: float,
+        accuracy: float,
+        seconds: tuple[float, float] | None = None,
     ) -> None:
+        """A trial's progress: `step` of `total` steps, or `seconds=(spent, budget)` of training."""
         if not self.enabled:
             return
         elapsed = max(time.time() - self._started, 1e-9)
-        filled = int(20 * step / total)
+        done = min(1.0, seconds[0] / seconds[1]) if seconds is not None else step / total
+        filled = int(20 * done)
         bar = "#" * filled + "." * (20 - filled)
         shown = f"mse {accuracy:.3f}" if self.metric == "mse" else f"acc {100 * accuracy:5.1f}%"
-        line = (
-            f"  [{bar}] {step}/{total} steps  loss {loss:.3f}  {shown}  "
-            f"{step / elapsed:5.1f} steps/s"
+        where = (
+            f"{step} steps, {seconds[0]:.0f}/{seconds[1]:.0f} s"
+            if seconds is not None
+            else f"{step}/{total} steps"
         )
+        line = f"  [{bar}] {where}  loss {loss:.3f}  {shown}  {step / elapsed:5.1f} steps/s"
         if self.tty:
             self._write("\r" + line)
             return
-        quarter = (4 * step) // total
+        quarter = int(4 * done)
         if quarter != self._last_quarter:
             self._last_quarter = quarter
             self._write(line + "\n")

@@ -45,7 +45,9 @@ class Chunk(NamedTuple):
     `step` is the last step done, `episodes` the episodes trained so far
     (steps times the meta-batch size; a resumed run counts on from its
     checkpoint's); `loss` and `metric` are the means over
-    the chunk's steps, `episodes_per_second` its speed (wall clock).
+    the chunk's steps, `episodes_per_second` its speed (wall clock), and
+    `train_seconds` the training seconds so far (callbacks left out, earlier
+    pieces of a resumed run counted).
     """
 
     step: int
@@ -53,6 +55,7 @@ class Chunk(NamedTuple):
     loss: float
     metric: float
     episodes_per_second: float
+    train_seconds: float = 0.0
 
 
 @dataclasses.dataclass
@@ -359,40 +362,57 @@ class MetaTrainer:
     def train(
         self,
         episodes: tf.data.Dataset | Iterator,
-        steps: int,
+        steps: int | None,
         on_progress: Callable[[int, float, float], None] | None = None,
         check_every: int = 20,
         on_chunk: Callable[[Chunk], None] | None = None,
         resume: TrainingState | None = None,
         on_checkpoint: Callable[[TrainingState], None] | None = None,
         checkpoint_seconds: float = 0.0,
+        seconds: float | None = None,
     ) -> dict[str, float]:
-        """Runs `steps` meta-training steps; raises `DivergedError` on a non-finite loss.
+        """Runs `steps` meta-training steps, or `seconds` of training; raises `DivergedError`
+        on a non-finite loss.
 
         `episodes` is a dataset (read from its start) or an iterator (read on
         from where it is); each step reads `meta_batch_size` episodes.
         `on_progress(step, loss, metric)` is called every `check_every` steps,
         and `on_chunk(Chunk)` with the chunk's means and speed (e.g. to write
         learning curves), outside the compiled steps. Returns the mean loss
-        and task metric over the last tenth of training and the seconds spent.
+        and task metric over the last tenth of training, the seconds spent and
+        the steps reached.
+
+        With `seconds` instead of `steps` (a trainer made with
+        `total_steps=None`), training goes on in chunks of `check_every` steps
+        until `seconds` of training are spent (callbacks left out), and the
+        learning rate follows a cosine over those seconds: whatever the speed,
+        the whole time is used and the rate ends at the same floor.
 
         `resume` (what `restore_checkpoint` returned) goes on from its step to
-        `steps`: `episodes` must then start at the episode that step reached
-        (its step times the meta-batch size), and steps, losses and seconds
-        count on from the checkpoint's. Between chunks of steps, once
-        `checkpoint_seconds` of training passed since the last one (0: never),
-        `on_checkpoint(TrainingState)` is called (e.g. to `save_checkpoint`).
+        `steps` (or from its seconds to `seconds`): `episodes` must then start
+        at the episode that step reached (its step times the meta-batch size),
+        and steps, losses and seconds count on from the checkpoint's. Between
+        chunks of steps, once `checkpoint_seconds` of training passed since
+        the last one (0: never), `on_checkpoint(TrainingState)` is called
+        (e.g. to `save_checkpoint`).
         """
+        if (steps is None) == (seconds is None):
+            raise ValueError("train needs either steps or seconds")
+        if seconds is not None and not self.decays_over_time:
+            raise ValueError("training for seconds needs a MetaTrainer made with total_steps=None")
         done = resume.step if resume is not None else 0
-        if isinstance(episodes, tf.data.Dataset):
+        if isinstance(episodes, tf.data.Dataset) and steps is not None:
             episodes = episodes.take(max(0, steps - done) * self.meta_batch_size)
         iterator = iter(episodes)
         log = _TrainingLog(on_progress, check_every, self.metric, on_chunk, self.meta_batch_size)
         log.resume(resume)
         if on_checkpoint is not None and checkpoint_seconds and checkpoint_seconds > 0:
             log.checkpoint(on_checkpoint, checkpoint_seconds)
-        self._run_steps(iterator, steps - done, log)
-        return log.summary()
+        if seconds is None:
+            self._run_steps(iterator, steps - done, log)
+        else:
+            self._run_for(iterator, seconds, log)
+        return {**log.summary(), "steps": log.step}
 
     def train_for(
         self,
@@ -402,23 +422,26 @@ class MetaTrainer:
         on_progress: Callable[[int, float, float], None] | None = None,
         on_chunk: Callable[[Chunk], None] | None = None,
     ) -> dict[str, float]:
-        """Meta-trains until `seconds` of wall-clock time are spent.
+        """Meta-trains for `seconds` of training, the learning rate on a cosine over them.
 
-        The learning rate follows a cosine decay over the time budget (needs
-        `total_steps=None`), so the whole budget is used whatever the speed.
+        `train(episodes, None, seconds=seconds, check_every=chunk)`; needs a
+        trainer made with `total_steps=None`.
         """
-        if not self.decays_over_time:
-            raise ValueError("train_for needs a MetaTrainer made with total_steps=None")
-        iterator = iter(episodes)
-        log = _TrainingLog(on_progress, chunk, self.metric, on_chunk, self.meta_batch_size)
+        return self.train(
+            episodes, None, on_progress, chunk, on_chunk=on_chunk, seconds=float(seconds)
+        )
+
+    def _run_for(self, iterator: Iterator, seconds: float, log: _TrainingLog) -> None:
         floor = self.final_learning_rate_fraction
-        while (elapsed := time.perf_counter() - log.start) < seconds:
+        while (elapsed := log.seconds()) < seconds:
             cosine = 0.5 * (1.0 + math.cos(math.pi * elapsed / seconds))
             self.optimizer.learning_rate.assign(
                 self.base_learning_rate * (floor + (1.0 - floor) * cosine)
             )
-            self._run_steps(iterator, chunk, log)
-        return {**log.summary(), "steps": log.step}
+            before = log.step
+            self._run_steps(iterator, log.check_every, log)
+            if log.step == before:
+                break  # the episode stream ended
 
     def _run_steps(self, iterator: Iterator, steps: int, log: _TrainingLog) -> None:
         pending = []
@@ -586,6 +609,7 @@ class _TrainingLog:
                     loss=float(np.mean(self.losses[-count:])),
                     metric=float(np.mean(self.accuracies[-count:])),
                     episodes_per_second=count * self.meta_batch_size / seconds,
+                    train_seconds=self._seconds_before + now - self.start - self.callback_seconds,
                 )
             )
         if self._on_checkpoint is not None and now - self._last_checkpoint >= (

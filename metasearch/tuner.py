@@ -28,6 +28,7 @@ import numpy as np
 
 from metasearch import distributed, interrupts, kt_adapter, latency, racing, report, summaries
 from metasearch.budget import TimeBudget
+from metasearch.config import parse_duration
 from metasearch.data import episodes
 from metasearch.errors import DamagedFileError, MetasearchError, StorageError, UsageError
 from metasearch.flops import estimate_flops
@@ -225,13 +226,24 @@ class FewShotTuner(kt_adapter.BaseTuner):
             "table_column": self.job.config.table_column,
         }
 
-    def _race(self, trial_id, trainer, steps: int, resumed_steps: int) -> _TrialRace | None:
-        """The trial's race at its rungs (`--racing`), or None when it is not raced."""
+    def _race(self, trial_id, trainer, plan, resume) -> _TrialRace | None:
+        """The trial's race at its rungs (`--racing`), or None when it is not raced.
+
+        Rungs are training steps, or training seconds with `--trial_time`; a
+        resumed trial is raced at the rungs it had not reached.
+        """
         config = self.job.config
         if config.racing == "none":
             return None
-        rungs = [s for s in racing.rung_steps(config.racing_rungs, steps) if s > resumed_steps]
-        return _TrialRace(self, trial_id, trainer, rungs)
+        if plan["seconds"] is None:
+            rungs = racing.rung_steps(config.racing_rungs, plan["steps"])
+            reached = resume.step if resume is not None else 0
+        else:
+            rungs = racing.rung_seconds(config.racing_rungs, plan["seconds"])
+            reached = resume.train_seconds if resume is not None else 0.0
+        by_time = plan["seconds"] is not None
+        pending = [(index, at) for index, at in enumerate(rungs) if at > reached]
+        return _TrialRace(self, trial_id, trainer, pending, by_time)
 
     def _raced_out(self, trial, learner, record, race, verdict, started) -> dict[str, Any]:
         """A trial stopped at a rung: scored there (its rung's episodes), its weights kept."""
@@ -242,6 +254,7 @@ class FewShotTuner(kt_adapter.BaseTuner):
             "stopped": {
                 "rung": verdict.rung,
                 "episodes": verdict.episodes,
+                "seconds": verdict.seconds,
                 "leader": verdict.leader,
                 "difference": verdict.difference,
                 "ci95": verdict.ci95,
@@ -325,10 +338,41 @@ class FewShotTuner(kt_adapter.BaseTuner):
         remove_file(path)
         return metrics
 
+    def _time_budget(self, trial) -> tuple[float, int, str | None]:
+        """With `--trial_time`: (training seconds, episodes the parent trained, parent id).
+
+        Hyperband's budget units are shares of `--trial_time`: a promoted
+        trial trains the share its parent has not, from its parent's weights.
+        """
+        values = trial.hyperparameters.values
+        seconds = parse_duration(self.job.config.trial_time, "--trial_time")
+        if "tuner/epochs" not in values:
+            return seconds, 0, None
+        max_epochs = self.job.config.strategy_options["max_epochs"]
+        parent = values.get("tuner/trial_id")
+        done_epochs = values["tuner/initial_epoch"] if parent else 0
+        share = (values["tuner/epochs"] - done_epochs) / max_epochs
+        before = 0
+        if parent:
+            records = {r["trial_id"]: r for r in self.job.run_dir.trial_results()}
+            before = int(records.get(parent, {}).get("episodes", 0))
+        return seconds * share, before, parent
+
     def _training_plan(self, trial) -> dict[str, Any]:
-        """The trial's training budget and seed: what its checkpoint must agree on to resume."""
+        """The trial's training budget and seed: what its checkpoint must agree on to resume.
+
+        A budget of episodes (`--episodes_per_trial`) sets `steps`; one of
+        time (`--trial_time`) sets `seconds` instead, and `episodes` is known
+        once the trial has trained.
+        """
         config = self.job.config
-        total, done, parent = self._episode_budget(trial)
+        if config.trial_time:
+            seconds, done, parent = self._time_budget(trial)
+            total, steps = None, None
+        else:
+            total, done, parent = self._episode_budget(trial)
+            # A step meta-trains on --meta_batch_size episodes.
+            seconds, steps = None, max(1, math.ceil((total - done) / config.meta_batch_size))
         return {
             "trial_id": trial.trial_id,
             # As JSON gives them back from the checkpoint, to compare.
@@ -336,8 +380,8 @@ class FewShotTuner(kt_adapter.BaseTuner):
             "episodes": total,
             "episodes_before": done,
             "parent": parent,
-            # A step meta-trains on --meta_batch_size episodes.
-            "steps": max(1, math.ceil((total - done) / config.meta_batch_size)),
+            "steps": steps,
+            "seconds": seconds,
             "meta_batch_size": config.meta_batch_size,
             "seed": derived_seed(config.seed, f"trial {trial.trial_id}"),
         }
@@ -353,7 +397,8 @@ class FewShotTuner(kt_adapter.BaseTuner):
                 f"trial {trial_id} starts over: its checkpoint cannot be read ({error})"
             )
             return None
-        if state.extra != plan or not 0 < state.step <= plan["steps"]:
+        within = plan["steps"] is None or state.step <= plan["steps"]
+        if state.extra != plan or not (0 < state.step and within):
             self.progress.note(
                 f"trial {trial_id} starts over: its checkpoint was written for other settings"
             )
@@ -369,11 +414,12 @@ class FewShotTuner(kt_adapter.BaseTuner):
         keras.backend.clear_session()
         seed = plan["seed"]
         keras.utils.set_random_seed(seed)
-        total, done, parent, steps = (
+        total, done, parent, steps, seconds = (
             plan["episodes"],
             plan["episodes_before"],
             plan["parent"],
             plan["steps"],
+            plan["seconds"],
         )
         learner = job.components.build_learner(sampled, job.task)
         trainer = MetaTrainer(
@@ -408,22 +454,26 @@ class FewShotTuner(kt_adapter.BaseTuner):
                 raise _CheckpointMismatchError(
                     f"its checkpoint cannot be restored ({error})"
                 ) from None
-            record["resumed_from_episode"] = min(total, done + start)
+            record["resumed_from_episode"] = done + start
+            if total is not None:
+                record["resumed_from_episode"] = min(total, done + start)
+            of = f"of {total}" if total is not None else f"after {resume.train_seconds:.0f} s"
             self.progress.note(
                 f"trial {trial.trial_id} resumes from its checkpoint at episode "
-                f"{record['resumed_from_episode']} of {total}"
+                f"{record['resumed_from_episode']} {of}"
             )
         elif parent:
             load_weights(learner.weights, job.run_dir.weights_path(parent))
         if parent:
             record["continues_trial"] = parent
-        record["episodes"] = total
+        if total is not None:
+            record["episodes"] = total
 
         def save_checkpoint(state: TrainingState) -> None:
             state.extra = plan
             trainer.save_checkpoint(checkpoint_path, state)
 
-        race = self._race(trial.trial_id, trainer, steps, resumed_steps)
+        race = self._race(trial.trial_id, trainer, plan, resume)
         curve = board.curve(done) if board is not None else None
         tracing_started = time.monotonic()
         trainer.trace(first if config.meta_batch_size == 1 else (first,) * config.meta_batch_size)
@@ -433,26 +483,42 @@ class FewShotTuner(kt_adapter.BaseTuner):
             "setup": tracing_started - setup_started,
             "tracing": started - tracing_started,
         }
+        if steps is not None:
+            # The progress bar shows this piece of a resumed trial.
+            def on_progress(step, loss, metric):
+                self.progress.trial_step(
+                    trial.trial_id, step - resumed_steps, steps - resumed_steps, loss, metric
+                )
+        else:
+            before = resume.train_seconds if resume is not None else 0.0
+
+            def on_progress(step, loss, metric):
+                spent = before + time.monotonic() - started
+                self.progress.trial_step(
+                    trial.trial_id, step, None, loss, metric, seconds=(spent, seconds)
+                )
+
         try:
             train_metrics = trainer.train(
                 itertools.chain([first], stream),
                 steps,
-                # The progress bar shows this piece of a resumed trial.
-                on_progress=lambda step, loss, metric: self.progress.trial_step(
-                    trial.trial_id, step - resumed_steps, steps - resumed_steps, loss, metric
-                ),
+                on_progress=on_progress,
                 # About 20 points or more on each trial's TensorBoard curves.
-                check_every=max(1, min(20, steps // 20)),
+                check_every=max(1, min(20, steps // 20)) if steps is not None else 10,
                 on_chunk=race.watch(curve) if race is not None else curve,
                 resume=resume,
                 on_checkpoint=save_checkpoint,
                 checkpoint_seconds=config.checkpoint_seconds,
+                seconds=seconds,
             )
         except racing.RacedOutError as stopped:
             return self._raced_out(trial, learner, record, race, stopped.verdict, started)
         # The callbacks between chunks of steps (curves, progress, checkpoints, the
         # rungs' evaluations) are not training; train_seconds leaves them out.
         callbacks = train_metrics.pop("callback_seconds")
+        trained_steps = train_metrics.pop("steps")
+        if total is None:  # a budget of time: the episodes it held
+            record["episodes"] = done + trained_steps * config.meta_batch_size
         if race is not None:
             record["racing"] = race.record()
         # This run's training (a resumed trial's train_seconds counts its earlier pieces too).
@@ -471,9 +537,18 @@ class FewShotTuner(kt_adapter.BaseTuner):
 class _TrialRace:
     """A trial raced at its rungs (`metasearch.racing`): scored, compared, maybe stopped."""
 
-    def __init__(self, tuner: FewShotTuner, trial_id: str, trainer, rungs: list[int]):
+    def __init__(
+        self,
+        tuner: FewShotTuner,
+        trial_id: str,
+        trainer,
+        rungs: list[tuple[int, float]],
+        by_time: bool = False,
+    ):
         self.tuner, self.trial_id, self.trainer = tuner, trial_id, trainer
-        self.rungs = rungs  # training steps at which the trial is raced
+        # (rung index, training step or training second at which the trial is raced)
+        self.rungs = rungs
+        self.by_time = by_time
         self.scores: list[dict[str, Any]] = []
         self.seconds = 0.0
 
@@ -483,13 +558,14 @@ class _TrialRace:
         def callback(chunk):
             if on_chunk is not None:
                 on_chunk(chunk)
-            while self.rungs and chunk.step >= self.rungs[0]:
-                self.rungs.pop(0)
-                self._race(len(self.scores), chunk.episodes)
+            reached = chunk.train_seconds if self.by_time else chunk.step
+            while self.rungs and reached >= self.rungs[0][1]:
+                rung, _ = self.rungs.pop(0)
+                self._race(rung, chunk.episodes, chunk.train_seconds if self.by_time else None)
 
         return callback
 
-    def _race(self, rung: int, episodes_done: int) -> None:
+    def _race(self, rung: int, episodes_done: int, seconds: float | None = None) -> None:
         job, config = self.tuner.job, self.tuner.job.config
         started = time.monotonic()
         stream = job.episode_stream(
@@ -497,12 +573,16 @@ class _TrialRace:
         )
         scores = self.trainer.evaluate(stream, job.kind.eval_classes(config.n_way))
         self.scores.append({"rung": rung, "episodes": episodes_done, "scores": scores.tolist()})
+        if seconds is not None:
+            self.scores[-1]["seconds"] = seconds
         rivals = [
             r
             for r in job.run_dir.trial_results()
             if r["trial_id"] != self.trial_id and r["status"] == "COMPLETED"
         ]
-        verdict = racing.verdict(rung, episodes_done, scores, rivals, job.kind.goodness)
+        verdict = racing.verdict(
+            rung, episodes_done, scores, rivals, job.kind.goodness, seconds=seconds
+        )
         self.scores[-1].update(leader=verdict.leader, difference=verdict.difference)
         self.seconds += time.monotonic() - started
         if verdict.stop:

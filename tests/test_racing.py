@@ -27,6 +27,18 @@ def test_rungs_are_distinct_steps_before_the_end():
     assert racing.rung_steps((0.5,), 1) == []
 
 
+def test_time_rungs_are_distinct_seconds_before_the_end():
+    assert racing.rung_seconds((0.333, 0.111), 90.0) == pytest.approx([9.99, 29.97])
+    assert racing.rung_seconds((0.5, 0.5, 1.0), 10.0) == [5.0]
+
+
+def test_a_verdict_at_a_time_rung_says_after_how_long():
+    rivals = [_rival("3", 1, np.ones(20))]
+    stopped = racing.verdict(1, 40, np.zeros(20), rivals, higher_is_better, seconds=9.6)
+    assert stopped.stop and stopped.seconds == 9.6
+    assert "than trial 3 at 10 s of training (40 episodes): -100.00" in stopped.describe()
+
+
 def test_a_clearly_worse_trial_stops_and_a_close_one_goes_on():
     rng = np.random.default_rng(0)
     leader = rng.uniform(0.8, 1.0, 50)
@@ -92,9 +104,42 @@ def test_a_raced_search_stops_a_clearly_worse_trial_and_keeps_its_weights(tmp_pa
     assert "raced out at" in (out / "leaderboard.txt").read_text()
 
 
+@pytest.mark.slow
+def test_trials_with_a_training_time_are_raced_after_equal_seconds(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(
+        *TINY,
+        f"--output_dir={out}",
+        "--trial_time=3s",
+        "--racing=paired",
+        "--racing_rungs=0.5",
+        "--racing_episodes=6",
+        "--max_trials=2",
+        "--final_top_k=0",
+        "--noprogress",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 trials of 3s training" in result.stdout
+    for trial_id in (0, 1):
+        record = read_json(out / "keras_tuner" / f"trial_{trial_id}" / "metasearch_trial.json")
+        assert record["status"] == "COMPLETED"
+        # Both trials raced at 1.5 s of training, whatever episodes that held.
+        rung = record["racing"]["rungs"][0]
+        assert rung["rung"] == 0 and 1.5 <= rung["seconds"] < 3.0
+        assert 0 < rung["episodes"] < record["episodes"]
+        if "stopped" in record["racing"]:
+            assert record["episodes"] == rung["episodes"]
+        else:
+            assert 3.0 <= record["seconds"]["training"] < 6.0
+        assert record["episodes"] != 8  # not --episodes_per_trial
+    config = read_json(out / "config.json")
+    assert config["config"]["trial_time"] == config["identity"]["trial_time"] == "3s"
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
+        (["--trial_time=soon"], "--trial_time: 'soon' is not a duration"),
         (["--racing=paired", "--strategy=hyperband"], "--racing: hyperband stops trials early"),
         (["--racing=paired", "--racing_rungs=0.5,1.5"], "--racing_rungs: 1.5 is not a fraction"),
         (["--racing=paired", "--racing_rungs=half"], "--racing_rungs: 'half' is not a number"),

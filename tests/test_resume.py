@@ -100,3 +100,41 @@ def test_sigkill_mid_trial_resumes_the_trial_from_its_checkpoint(tmp_path):
         ]
     ]
     assert min(steps) > resumed_at and max(steps) == total
+
+
+def test_sigkill_mid_trial_with_a_training_time_resumes_from_its_checkpoint_seconds(tmp_path):
+    import re
+
+    out = tmp_path / "out"
+    args = [
+        *TINY,
+        "--max_trials=1",
+        "--trial_time=12s",
+        "--checkpoint_seconds=1",
+        "--final_top_k=0",
+        "--test_episodes=10",
+        f"--output_dir={out}",
+    ]
+    checkpoint = out / "keras_tuner" / "trial_0" / "checkpoint.npz"
+    progress = re.compile(r"\] (\d+) steps, (\d+)/12 s")
+
+    def halfway_and_checkpointed(seen):
+        match = progress.search(seen[-1])
+        return bool(match) and int(match.group(2)) >= 6 and checkpoint.exists()
+
+    returncode, _ = kill_cli_when(args, halfway_and_checkpointed)
+    assert returncode == -signal.SIGKILL
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    note = re.search(
+        r"trial 0 resumes from its checkpoint at episode (\d+) after (\d+) s", again.stdout
+    )
+    assert note, again.stdout
+    resumed_at, after = int(note.group(1)), int(note.group(2))
+    assert resumed_at > 0 and 1 <= after < 12  # the last checkpoint before the kill
+    (trial,) = read_json(out / "results.json")["trials"]
+    assert trial["status"] == "COMPLETED" and trial["resumed_from_episode"] == resumed_at
+    assert trial["episodes"] > resumed_at
+    # The rerun trained only the seconds left of the 12.
+    assert 12 - after - 1 <= trial["seconds"]["training"] < 12 - after + 2
+    assert trial["train_seconds"] >= 12

@@ -112,6 +112,30 @@ def test_hyperband_promotes_trials_that_continue_from_their_parents(tmp_path):
         assert trial["episodes"] == 9 and parent["episodes"] == 3
 
 
+@pytest.mark.slow
+def test_hyperband_units_are_shares_of_the_trial_time(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(
+        *TINY,
+        "--trial_time=3s",
+        "--strategy=hyperband",
+        "--hyperband_max_epochs=3",
+        "--max_trials=4",
+        "--final_top_k=0",
+        f"--output_dir={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = {t["trial_id"]: t for t in read_json(out / "results.json")["trials"]}
+    promoted = [t for t in trials.values() if t.get("continues_trial")]
+    assert promoted, trials
+    for trial in promoted:
+        parent = trials[trial["continues_trial"]]
+        # The parent trained one unit (1 s); the child the two units it had not (2 s).
+        assert 1.0 <= parent["seconds"]["training"] < 2.0
+        assert 2.0 <= trial["seconds"]["training"] < 3.0
+        assert trial["episodes"] > parent["episodes"] > 0
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [

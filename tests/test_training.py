@@ -8,7 +8,13 @@ from metasearch import testing
 from metasearch.api import class_means
 from metasearch.plugins.protonet import PrototypicalNetworks, squared_distances
 from metasearch.search_spaces.conv_blocks import ConvBlocks
-from metasearch.training import EMBED_BATCH, DivergedError, MetaTrainer, resolve_jit_compile
+from metasearch.training import (
+    EMBED_BATCH,
+    DivergedError,
+    MetaTrainer,
+    TrainingState,
+    resolve_jit_compile,
+)
 
 
 def test_auto_jit_picks_graph_mode_on_cpu_and_flags_override():
@@ -86,6 +92,51 @@ def test_train_for_spends_the_time_budget_and_decays_the_learning_rate():
     result = trainer.train_for(tf.data.Dataset.from_tensors(episode).repeat(), seconds=1.5, chunk=1)
     assert result["train_seconds"] >= 1.5 and result["steps"] >= 5
     assert float(trainer.optimizer.learning_rate) < 1e-2 * 0.5
+
+
+def test_training_for_seconds_stops_at_them_and_goes_on_from_a_checkpoints_seconds():
+    task, learner = _small_protonet()
+    episode = testing.tiny_episode(task)
+    trainer = MetaTrainer(learner, (0.5, 0.3), 1e-2, None, jit_compile=False)
+    trainer.build(episode)
+    trainer.train_step(episode)  # traced before the clock starts
+    stream = tf.data.Dataset.from_tensors(episode).repeat()
+    chunks, rates = [], []
+
+    def on_chunk(chunk):
+        chunks.append(chunk)
+        rates.append(float(trainer.optimizer.learning_rate))
+
+    summary = trainer.train(stream, None, check_every=1, on_chunk=on_chunk, seconds=0.6)
+    assert summary["train_seconds"] >= 0.6 and summary["steps"] == len(chunks) >= 3
+    seconds = [chunk.train_seconds for chunk in chunks]
+    assert seconds == sorted(seconds) and seconds[-2] < 0.6 <= seconds[-1]
+    assert rates == sorted(rates, reverse=True) and rates[0] > rates[-1]
+
+    # A checkpoint taken after 0.5 of 0.6 s: the rest is about 0.1 s, the rate near its floor.
+    chunks.clear(), rates.clear()
+    state = TrainingState(step=40, train_seconds=0.5, losses=[1.0] * 40, metrics=[0.5] * 40)
+    resumed = trainer.train(
+        stream, None, check_every=1, on_chunk=on_chunk, resume=state, seconds=0.6
+    )
+    assert chunks[0].step == 41 and chunks[0].train_seconds > 0.5
+    assert resumed["steps"] == 40 + len(chunks) and resumed["train_seconds"] >= 0.6
+    # cosine at 0.5 of 0.6 s: 0.05 + 0.95 * 0.5 * (1 + cos(pi * 5 / 6)) = 0.1136 of the rate
+    assert rates[0] <= 1e-2 * 0.114
+
+
+def test_train_takes_steps_or_seconds_and_seconds_need_a_time_schedule():
+    task, learner = _small_protonet()
+    episode = testing.tiny_episode(task)
+    stream = tf.data.Dataset.from_tensors(episode).repeat()
+    by_time = MetaTrainer(learner, (0.5, 0.3), 1e-2, None, jit_compile=False)
+    with pytest.raises(ValueError, match="either steps or seconds"):
+        by_time.train(stream, 3, seconds=1.0)
+    with pytest.raises(ValueError, match="either steps or seconds"):
+        by_time.train(stream, None)
+    by_steps = MetaTrainer(learner, (0.5, 0.3), 1e-2, 10, jit_compile=False)
+    with pytest.raises(ValueError, match="total_steps=None"):
+        by_steps.train(stream, None, seconds=1.0)
 
 
 def test_train_reads_an_iterator_on_from_where_it_is():
