@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import tensorflow as tf
 
@@ -103,3 +105,14 @@ def test_evaluation_episodes_are_the_dataset_episodes_and_know_each_image_index(
         np.testing.assert_array_equal(support_labels, mine.support_labels)
         np.testing.assert_array_equal(query_labels, mine.query_labels)
     assert seen == 6
+
+
+def test_episode_streams_do_not_autotune_so_deleting_one_never_waits():
+    # tf.data's autotuning thread made deleting a trial's iterator wait up to 20 s.
+    stream = episodes.indexed_stream(lambda index: index * 2, count=5)
+    assert stream.options().autotune.enabled is False
+    iterator = iter(stream)
+    assert [int(next(iterator)) for _ in range(3)] == [0, 2, 4]
+    started = time.perf_counter()
+    del iterator
+    assert time.perf_counter() - started < 1.0
