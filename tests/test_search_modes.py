@@ -131,8 +131,8 @@ def test_hyperband_units_are_shares_of_the_trial_time(tmp_path):
     for trial in promoted:
         parent = trials[trial["continues_trial"]]
         # The parent trained one unit (1 s); the child the two units it had not (2 s).
-        assert 1.0 <= parent["seconds"]["training"] < 2.0
-        assert 2.0 <= trial["seconds"]["training"] < 3.0
+        assert 1.0 <= parent["seconds"]["training"] < 2.5
+        assert 2.0 <= trial["seconds"]["training"] < 3.5
         assert trial["episodes"] > parent["episodes"] > 0
 
 
