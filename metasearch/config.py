@@ -185,6 +185,13 @@ class RunConfig:
                 "multiple of it (each device trains an equal share of the meta-batch)"
             )
 
+    @property
+    def trial_seconds(self) -> float | None:
+        """`trial_time` in seconds (None: trials are budgeted in episodes); ValueError if bad."""
+        if self.trial_time is None:
+            return None
+        return parse_duration(self.trial_time, "--trial_time")
+
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with `changes` applied."""
         return dataclasses.replace(self, **changes)

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from metasearch.budget import TimeBudget, format_duration
-from metasearch.config import parse_duration
 from metasearch.data import episodes
 from metasearch.errors import DamagedFileError
 from metasearch.job import Job, derived_seed
@@ -265,8 +264,8 @@ def _training_allowance(job: Job, budget, tester: _Tester, ways, candidates: lis
     if not candidates:
         return None
     if budget is None:
-        if config.trial_time and not config.final_episodes:
-            return ("seconds", parse_duration(config.trial_time, "--trial_time"))
+        if config.trial_seconds is not None and not config.final_episodes:
+            return ("seconds", config.trial_seconds)
         return ("episodes", int(config.final_episodes or config.episodes_per_trial))
     # What evaluation still costs: the candidates' meta-validation (as long as their
     # trials' took, or scaled from the meta-tests), the kept one's tests.

@@ -11,7 +11,6 @@ import time
 from typing import Any, TextIO
 
 from metasearch.budget import TimeBudget, format_duration
-from metasearch.config import parse_duration
 
 
 class Progress:
@@ -60,8 +59,8 @@ class Progress:
 
     @staticmethod
     def _trial_length(config) -> str:
-        if config.trial_time:
-            return f"{format_duration(parse_duration(config.trial_time, '--trial_time'))} training"
+        if config.trial_seconds is not None:
+            return f"{format_duration(config.trial_seconds)} training"
         return f"{config.episodes_per_trial} episodes"
 
     def _trials_planned(self, config) -> str:

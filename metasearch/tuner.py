@@ -28,7 +28,6 @@ import numpy as np
 
 from metasearch import distributed, interrupts, kt_adapter, latency, racing, report, summaries
 from metasearch.budget import TimeBudget
-from metasearch.config import parse_duration
 from metasearch.data import episodes
 from metasearch.errors import DamagedFileError, MetasearchError, StorageError, UsageError
 from metasearch.flops import estimate_flops
@@ -235,13 +234,13 @@ class FewShotTuner(kt_adapter.BaseTuner):
         config = self.job.config
         if config.racing == "none":
             return None
-        if plan["seconds"] is None:
-            rungs = racing.rung_steps(config.racing_rungs, plan["steps"])
-            reached = resume.step if resume is not None else 0
-        else:
+        by_time = plan["seconds"] is not None
+        if by_time:
             rungs = racing.rung_seconds(config.racing_rungs, plan["seconds"])
             reached = resume.train_seconds if resume is not None else 0.0
-        by_time = plan["seconds"] is not None
+        else:
+            rungs = racing.rung_steps(config.racing_rungs, plan["steps"])
+            reached = resume.step if resume is not None else 0
         pending = [(index, at) for index, at in enumerate(rungs) if at > reached]
         return _TrialRace(self, trial_id, trainer, pending, by_time)
 
@@ -291,25 +290,22 @@ class FewShotTuner(kt_adapter.BaseTuner):
             **train_metrics,
         }
 
-    def _episode_budget(self, trial) -> tuple[int, int, str | None]:
-        """(episodes in total, episodes already trained by the parent, parent trial id).
+    def _budget_shares(self, trial) -> tuple[float, float, str | None]:
+        """(share of the trial budget to reach, share its parent trained, parent id).
 
+        The budget is `--episodes_per_trial` episodes or `--trial_time` seconds.
         Hyperband gives a trial `tuner/epochs` budget units out of its
         `max_epochs` option, and a promoted trial continues from its parent's
-        weights (`tuner/trial_id`) where `tuner/initial_epoch` ended.
+        weights (`tuner/trial_id`) where `tuner/initial_epoch` ended; any
+        other trial trains the whole budget from scratch.
         """
         values = trial.hyperparameters.values
-        total_episodes = self.job.config.episodes_per_trial
         if "tuner/epochs" not in values:
-            return total_episodes, 0, None
+            return 1.0, 0.0, None
         max_epochs = self.job.config.strategy_options["max_epochs"]
-
-        def episodes_for(epochs):
-            return max(1, round(total_episodes * epochs / max_epochs))
-
         parent = values.get("tuner/trial_id")
-        done = episodes_for(values["tuner/initial_epoch"]) if parent else 0
-        return episodes_for(values["tuner/epochs"]), done, parent
+        done = values["tuner/initial_epoch"] / max_epochs if parent else 0.0
+        return values["tuner/epochs"] / max_epochs, done, parent
 
     def _meta_train_and_score(self, trial, sampled, record, board=None) -> dict[str, Any]:
         """Meta-trains, scores and saves one candidate, resuming from its checkpoint if any.
@@ -338,26 +334,6 @@ class FewShotTuner(kt_adapter.BaseTuner):
         remove_file(path)
         return metrics
 
-    def _time_budget(self, trial) -> tuple[float, int, str | None]:
-        """With `--trial_time`: (training seconds, episodes the parent trained, parent id).
-
-        Hyperband's budget units are shares of `--trial_time`: a promoted
-        trial trains the share its parent has not, from its parent's weights.
-        """
-        values = trial.hyperparameters.values
-        seconds = parse_duration(self.job.config.trial_time, "--trial_time")
-        if "tuner/epochs" not in values:
-            return seconds, 0, None
-        max_epochs = self.job.config.strategy_options["max_epochs"]
-        parent = values.get("tuner/trial_id")
-        done_epochs = values["tuner/initial_epoch"] if parent else 0
-        share = (values["tuner/epochs"] - done_epochs) / max_epochs
-        before = 0
-        if parent:
-            records = {r["trial_id"]: r for r in self.job.run_dir.trial_results()}
-            before = int(records.get(parent, {}).get("episodes", 0))
-        return seconds * share, before, parent
-
     def _training_plan(self, trial) -> dict[str, Any]:
         """The trial's training budget and seed: what its checkpoint must agree on to resume.
 
@@ -366,11 +342,19 @@ class FewShotTuner(kt_adapter.BaseTuner):
         once the trial has trained.
         """
         config = self.job.config
-        if config.trial_time:
-            seconds, done, parent = self._time_budget(trial)
-            total, steps = None, None
+        share, share_done, parent = self._budget_shares(trial)
+        if config.trial_seconds is not None:
+            seconds, total, steps = config.trial_seconds * (share - share_done), None, None
+            done = 0
+            if parent:  # the episodes its parent held
+                records = {r["trial_id"]: r for r in self.job.run_dir.trial_results()}
+                done = int(records.get(parent, {}).get("episodes", 0))
         else:
-            total, done, parent = self._episode_budget(trial)
+
+            def episodes_for(fraction):
+                return max(1, round(config.episodes_per_trial * fraction))
+
+            total, done = episodes_for(share), episodes_for(share_done) if parent else 0
             # A step meta-trains on --meta_batch_size episodes.
             seconds, steps = None, max(1, math.ceil((total - done) / config.meta_batch_size))
         return {
@@ -454,9 +438,8 @@ class FewShotTuner(kt_adapter.BaseTuner):
                 raise _CheckpointMismatchError(
                     f"its checkpoint cannot be restored ({error})"
                 ) from None
-            record["resumed_from_episode"] = done + start
-            if total is not None:
-                record["resumed_from_episode"] = min(total, done + start)
+            reached = done + start
+            record["resumed_from_episode"] = reached if total is None else min(total, reached)
             of = f"of {total}" if total is not None else f"after {resume.train_seconds:.0f} s"
             self.progress.note(
                 f"trial {trial.trial_id} resumes from its checkpoint at episode "
