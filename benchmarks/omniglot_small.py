@@ -12,6 +12,7 @@ episodes each. Prints JSON with mean accuracy, 95% CI and training time.
 
     python benchmarks/omniglot_small.py [--data_dir ../shared/data/omniglot] [--train_minutes 15]
     python benchmarks/omniglot_small.py --plugin maml --plugin_config '{"head_init": "proto"}'
+    python benchmarks/omniglot_small.py --episodes 6000 --precision bfloat16
 
 Every plugin gets the same protocol and the same wall-clock training budget,
 so runs of different plugins compare directly.
@@ -35,6 +36,7 @@ from metasearch.api import DatasetOptions, TaskSpec  # noqa: E402
 from metasearch.data import episodes  # noqa: E402
 from metasearch.data.glyphs import Glyphs  # noqa: E402
 from metasearch.data.omniglot import load_characters  # noqa: E402
+from metasearch.precision import build_backbone  # noqa: E402
 from metasearch.search_spaces.conv_blocks import ConvBlocks  # noqa: E402
 from metasearch.testing import sample_configs  # noqa: E402
 from metasearch.training import MetaTrainer, resolve_jit_compile  # noqa: E402
@@ -89,6 +91,19 @@ def main():
         "--plugin_config", default="{}", help="JSON overriding the plugin's default config"
     )
     parser.add_argument("--train_minutes", type=float, default=15.0)
+    parser.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="train exactly this many episodes instead of --train_minutes (for comparisons "
+        "at equal training, e.g. of --precision)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the backbone's precision (metasearch --precision)",
+    )
     parser.add_argument("--train_on", choices=("small1", "glyphs"), default="small1")
     parser.add_argument("--train_n_way", type=int, default=20)
     parser.add_argument("--k_shot", type=int, default=1)
@@ -134,7 +149,8 @@ def main():
     plugin_config = {**sample_configs(plugin, 1)[0], **json.loads(args.plugin_config)}
     if args.plugin == "protonet" and args.plugin_config == "{}":
         plugin_config.update(metric="sqeuclidean", embedding_dim=0)
-    learner = plugin(ConvBlocks().build(architecture, task.image_shape), plugin_config, task)
+    backbone = build_backbone(ConvBlocks(), architecture, task.image_shape, args.precision)
+    learner = plugin(backbone, plugin_config, task)
     jit = resolve_jit_compile(args.jit_compile)
     normalization = (float(train.images.mean()), float(train.images.std()))
     stream = episodes.episode_dataset(
@@ -146,9 +162,12 @@ def main():
         episodes.TRAIN_STREAM,
         augment=args.augment,
     )
-    trainer = MetaTrainer(learner, normalization, args.learning_rate, None, jit)
+    trainer = MetaTrainer(learner, normalization, args.learning_rate, args.episodes, jit)
     trainer.build(next(iter(stream)))
-    trained = trainer.train_for(stream, args.train_minutes * 60.0)
+    if args.episodes is None:
+        trained = trainer.train_for(stream, args.train_minutes * 60.0)
+    else:
+        trained = trainer.train(stream, args.episodes)
     train_seconds = trained["train_seconds"]
 
     if args.eval_inner_steps is not None:
@@ -186,6 +205,7 @@ def main():
                     "final_train_accuracy": trained["train_accuracy"],
                 },
                 "jit_compile": jit,
+                "precision": args.precision,
                 "train_seconds": train_seconds,
                 "results": results,
                 **targets(args, results),

@@ -47,7 +47,7 @@ def _import_tensorflow() -> None:
     """TensorFlow and metasearch, imported once the arguments are parsed (`--help` is instant)."""
     global keras, tf, DatasetOptions, TaskSpec, episodes, Glyphs, normalize
     global FOMAML, MAML, PrototypicalNetworks, ConvBlocks, MetaTrainer, resolve_jit_compile
-    global estimate_flops, np
+    global estimate_flops, np, build_backbone
     import keras
     import numpy as np
     import tensorflow as tf
@@ -59,10 +59,12 @@ def _import_tensorflow() -> None:
     from metasearch.flops import estimate_flops
     from metasearch.plugins.maml import FOMAML, MAML
     from metasearch.plugins.protonet import PrototypicalNetworks
+    from metasearch.precision import build_backbone
     from metasearch.search_spaces.conv_blocks import ConvBlocks
     from metasearch.training import MetaTrainer, resolve_jit_compile
 
 
+PRECISION = "float32"  # --precision
 CONV4_64 = {"depth": 4, "filters": 64, "growth": 1.0, "conv_bias": False}
 N_WAY, K_SHOT, N_QUERY = 5, 1, 15
 PROTONET_TARGET = 15.0
@@ -116,7 +118,8 @@ def measure(
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     task = TaskSpec(N_WAY, K_SHOT, N_QUERY, (28, 28, 1))
-    learner = make_learner(ConvBlocks().build(CONV4_64, task.image_shape), task)
+    backbone = build_backbone(ConvBlocks(), CONV4_64, task.image_shape, PRECISION)
+    learner = make_learner(backbone, task)
     images = splits.train.images
     trainer = MetaTrainer(
         learner,
@@ -543,11 +546,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="a Python with PyTorch that runs the peer (default: $METASEARCH_PEERS_PYTHON, "
         "else this one), e.g. /work/peers_venv/bin/python",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the backbone's precision (metasearch --precision): bfloat16 computes in "
+        "bfloat16 with float32 weights",
+    )
     return parser
 
 
 def main():
+    global PRECISION
     args = build_parser().parse_args()
+    PRECISION = args.precision
     _import_tensorflow()
     splits = Glyphs(DatasetOptions(None, 28, 0, {"classes": 300})).load()
     load_before = os.getloadavg()
@@ -556,6 +568,7 @@ def main():
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "tensorflow": tf.__version__,
+        "precision": PRECISION,
     }
     with tempfile.TemporaryDirectory(prefix="metasearch_peers_") as folder:
         peer = Peer(args, splits, folder) if args.peers else None

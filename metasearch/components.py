@@ -18,6 +18,7 @@ from metasearch import options as options_lib
 from metasearch import registry
 from metasearch.api import Dataset, MetaLearner, SearchSpace, TaskSpec
 from metasearch.errors import UsageError
+from metasearch.precision import build_backbone, resolve_precision
 from metasearch.tasks import TaskKind, kind_of
 from metasearch.training import MetaTrainer
 
@@ -32,7 +33,8 @@ class Components:
     `space_options` and `plugin_options` are resolved against the search
     space's and the plugin's `OPTIONS` (unknown names or bad values fail with
     `UsageError`). A table-scored run (`trains=False`) searches the
-    architecture only.
+    architecture only. Backbones are built at `precision`
+    (`metasearch.precision`).
     """
 
     def __init__(
@@ -43,8 +45,13 @@ class Components:
         space_options: Mapping[str, Any] | None = None,
         trains: bool = True,
         plugin_options: Mapping[str, Any] | None = None,
+        precision: str = "float32",
     ):
         self.plugin_name, self.space_name, self.dataset_name = plugin, search_space, dataset
+        try:
+            self.precision = resolve_precision(precision)
+        except ValueError as error:
+            raise UsageError(f"--precision: {error}") from None
         self.trains = trains
         self.plugin: type[MetaLearner] = registry.load("plugin", plugin, "plugin")
         space_class: type[SearchSpace] = registry.load("search_space", search_space, "search_space")
@@ -67,6 +74,8 @@ class Components:
             config.get("space_options"),
             trains=config.get("evaluator", "train") == "train",
             plugin_options=config.get("plugin_options"),
+            # Runs written before --precision existed trained in float32.
+            precision=config.get("precision", "float32"),
         )
 
     def task_kind(self) -> TaskKind:
@@ -104,7 +113,9 @@ class Components:
         Callers clear Keras's session first where a fresh graph is wanted (the
         order of that and of seeding decides the initial weights).
         """
-        backbone = self.space.build(sampled["architecture"], task.image_shape)
+        backbone = build_backbone(
+            self.space, sampled["architecture"], task.image_shape, self.precision
+        )
         learner = self.plugin(backbone, sampled["plugin"], task, options=self.plugin_options)
         if normalization is not None:
             build_variables(learner, task, normalization)

@@ -21,6 +21,9 @@ from typing import Any
 
 from metasearch.errors import UsageError
 
+# --precision's choices (`metasearch.precision`).
+PRECISIONS = ("auto", "float32", "bfloat16")
+
 # Fields that change what a run computes. A rerun into an existing output
 # directory must agree on all of them; `max_trials` may grow to extend a search.
 IDENTITY_FIELDS = (
@@ -46,6 +49,7 @@ IDENTITY_FIELDS = (
     "meta_batch_size",
     "image_size",
     "seed",
+    "precision",
     "start_from_default",
     "racing",
     "racing_rungs",
@@ -120,6 +124,10 @@ class RunConfig:
     `final_episodes` episodes, default `episodes_per_trial`, without one),
     then scores the chosen one on `test_episodes` meta-test episodes.
 
+    `precision` is the backbones' (`metasearch.precision`: `bfloat16`
+    computes in bfloat16 with float32 weights; `auto` is float32); it is part
+    of the identity.
+
     `devices` splits each meta-training step's `meta_batch_size` episodes
     across that many devices (`metasearch.devices`; the same results as one
     device within float rounding, so not part of the identity); it must
@@ -156,6 +164,7 @@ class RunConfig:
     output_dir: str = "runs/metasearch"
     overwrite: bool = False
     jit_compile: str = "auto"
+    precision: str = "auto"
     devices: int = 1
     progress: bool = True
     worker_timeout: int = 120
@@ -173,6 +182,10 @@ class RunConfig:
     test_episodes: int = 1000
 
     def __post_init__(self):
+        if str(self.precision).lower() not in PRECISIONS:
+            raise UsageError(
+                f"--precision={self.precision}: must be one of {', '.join(PRECISIONS)}"
+            )
         if self.train_n_way is None:
             object.__setattr__(self, "train_n_way", self.n_way)
         if self.max_trials is None and self.time_budget is None:

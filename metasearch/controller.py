@@ -146,7 +146,9 @@ def _search(job: Job, role: str, out: TextIO) -> SearchResult:
             )
         for trial_id, why in job.run_dir.damaged_trials().items():
             out.write(f"note: trial {trial_id} {why}; the search goes on without it\n")
-    progress.search_started(config, job.jit_compile, done=done, role=role)
+    progress.search_started(
+        config, job.jit_compile, done=done, role=role, precision=job.components.precision
+    )
     final_record = None
     try:
         with interrupts.watch():

@@ -39,7 +39,14 @@ class Progress:
         self.stream.write(text)
         self.stream.flush()
 
-    def search_started(self, config, jit_compile: bool, done: int = 0, role: str = "local") -> None:
+    def search_started(
+        self,
+        config,
+        jit_compile: bool,
+        done: int = 0,
+        role: str = "local",
+        precision: str = "float32",
+    ) -> None:
         resumed = f", resuming after {done} finished trials" if done else ""
         where = "" if role == "local" else f" [{role}]"
         if config.evaluator == "table":
@@ -49,7 +56,9 @@ class Progress:
                 f"{config.strategy}{resumed}\n  output: {config.output_dir}\n"
             )
             return
-        mode = "XLA" if jit_compile else "graph mode"
+        mode = ("XLA" if jit_compile else "graph mode") + (
+            f", {precision}" if precision != "float32" else ""
+        )
         self._write(
             f"metasearch{where}: {config.plugin} x {config.search_space} on {config.dataset}, "
             f"{self._trials_planned(config)} of {self._trial_length(config)} "

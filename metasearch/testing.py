@@ -66,6 +66,7 @@ from metasearch.api import (
 )
 from metasearch.data.preprocess import normalize
 from metasearch.export import export_learner
+from metasearch.precision import build_backbone
 from metasearch.training import MetaTrainer
 
 # Largest difference allowed between a reloaded SavedModel's outputs and the learner's.
@@ -140,12 +141,14 @@ def build_learner(
     plugin_config: Mapping[str, Any] | None = None,
     space_config: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
+    precision: str = "float32",
 ) -> MetaLearner:
     """A learner of `plugin` on a backbone of `space`, from seed 0.
 
     Either may be a registered name. A space class (or name) gets its
     `test_options`; missing configs are the defaults; `options` are the
-    plugin's (None: its defaults).
+    plugin's (None: its defaults); the backbone is built at `precision`
+    (`metasearch.precision`).
     """
     keras.utils.set_random_seed(0)
     if isinstance(plugin, str):
@@ -157,7 +160,8 @@ def build_learner(
     space_config = space_config or sample_configs(space, 1)[0]
     plugin_config = plugin_config or plugin.default_config()
     extra = {} if options is None else {"options": options}
-    return plugin(space.build(space_config, task.image_shape), plugin_config, task, **extra)
+    backbone = build_backbone(space, space_config, task.image_shape, precision)
+    return plugin(backbone, plugin_config, task, **extra)
 
 
 def _finite(name: str, value: float) -> None:

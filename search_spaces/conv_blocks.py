@@ -16,7 +16,7 @@ import keras
 import keras_tuner
 
 from metasearch.api import Config, SearchSpace
-from metasearch.layers import FusedBatchNormalization
+from metasearch.layers import FusedBatchNormalization, MaxPooling2D
 
 DEPTHS = (3, 4, 5)
 FILTERS = (32, 64, 96, 128)
@@ -60,7 +60,7 @@ class ConvBlocks(SearchSpace):
             x = FusedBatchNormalization(momentum=0.9, name=f"block{index}_bn")(x)
             x = keras.layers.ReLU(name=f"block{index}_relu")(x)
             if size >= 2:
-                x = keras.layers.MaxPooling2D(2, name=f"block{index}_pool")(x)
+                x = MaxPooling2D(2, name=f"block{index}_pool")(x)
                 size //= 2
         x = keras.layers.Flatten(name="flatten")(x)
         return keras.Model(inputs, x, name="conv_blocks")

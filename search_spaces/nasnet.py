@@ -65,7 +65,7 @@ import keras
 import keras_tuner
 
 from metasearch.api import CellGraph, Config, SearchSpace
-from metasearch.layers import FusedBatchNormalization
+from metasearch.layers import FusedBatchNormalization, MaxPooling2D
 from metasearch.options import Option
 
 OPS = (
@@ -321,7 +321,7 @@ def _apply_op(x, op: str, filters: int, stride: int, name: str):
         x = _conv(filters, (7, 1), (stride, 1), f"{name}_conv7x1")(x)
         return _bn(f"{name}_bn")(x)
     if op in ("avg_pool_3x3", "max_pool_3x3"):
-        pool = keras.layers.AveragePooling2D if op.startswith("avg") else keras.layers.MaxPooling2D
+        pool = keras.layers.AveragePooling2D if op.startswith("avg") else MaxPooling2D
         x = pool(3, strides=stride, padding="same", name=f"{name}_pool")(x)
         if channels != filters:
             x = _conv(filters, 1, 1, f"{name}_conv")(x)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from cli_support import OMNIGLOT_DIR
+
+# Generated data sets are cached between the suite's processes (and runs), but not in
+# the home folder of whoever runs the tests.
+os.environ.setdefault(
+    "METASEARCH_CACHE_DIR", os.path.join(tempfile.gettempdir(), "metasearch-test-cache")
+)
 
 
 @pytest.fixture(scope="session")

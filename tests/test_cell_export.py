@@ -58,6 +58,9 @@ def test_nasnet_search_on_omniglot_then_cell_export_loads_in_plain_tensorflow(
         "--nasnet_blocks=2",
         "--nasnet_cells_per_stage=1",
         "--nasnet_filters=8",
+        # The cell export is under test, not the final phase (tests/test_final.py).
+        "--final_top_k=0",
+        "--test_episodes=10",
         f"--output_dir={out}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -89,7 +92,7 @@ def test_nasnet_search_on_omniglot_then_cell_export_loads_in_plain_tensorflow(
     # The same inputs through the trained cell rebuilt in process give the same outputs.
     from metasearch import controller
 
-    # "best" is the final phase's learner: the best trial trained further, as exported.
+    # "best" is the final phase's learner (the best trial as trained: --final_top_k=0).
     learner, space, architecture = controller.restore_trial(str(out), "best")
     cells = space.cells(architecture, learner.backbone)
     for name in ("normal", "reduction"):

@@ -97,21 +97,21 @@ def test_a_time_budget_ends_the_search_and_feeds_the_final_phase(tmp_path):
     result = run_cli(
         *TINY,
         f"--output_dir={out}",
-        "--time_budget=40s",
+        "--time_budget=30s",
         "--final_share=0.3",
         "--episodes_per_trial=40",
         "--fix_hparams=conv_blocks/depth=3,conv_blocks/filters=32,conv_blocks/growth=1.0",
         "--noprogress",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "trials for 28s of a 40s budget" in result.stdout
+    assert "trials for 21s of a 30s budget" in result.stdout
     assert "search stopped early: --time_budget:" in result.stdout
     results = read_json(out / "results.json")
     statuses = [r["status"] for r in results["trials"]]
     assert statuses and set(statuses) == {"COMPLETED"}
     final = results["final"]
     assert final["final_train_seconds"] > 0 and final["final_episodes"] > 0
-    assert "left of 40s, ends about" in result.stdout
+    assert "left of 30s, ends about" in result.stdout
     assert read_json(out / "budget.json")["spent_seconds"] > 0
 
 

@@ -11,9 +11,12 @@ network: classes are generated from the seed, deterministically.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from metasearch.api import ClassSet, ClassSplits, Dataset
+from metasearch.data import cache
 from metasearch.errors import UsageError
 from metasearch.options import Option
 
@@ -126,6 +129,26 @@ def generate(
     return images.reshape(num_classes, images_per_class, size, size, 1)
 
 
+def _code_version() -> str:
+    """A digest of this module's source: a changed drawing never meets an old cache entry."""
+    with open(__file__, "rb") as source:
+        return hashlib.sha256(source.read()).hexdigest()
+
+
+def cached_generate(
+    num_classes: int, size: int, seed: int, images_per_class: int = IMAGES_PER_CLASS
+) -> np.ndarray:
+    """`generate(...)`, through the on-disk cache (`metasearch.data.cache`)."""
+    import tensorflow as tf  # its kernels draw the images: part of the key
+
+    shape = (num_classes, images_per_class, size, size, 1)
+    name = cache.entry_name("glyphs", shape, seed, _code_version(), np.__version__, tf.__version__)
+    images = cache.cached_array(name, lambda: generate(num_classes, size, seed, images_per_class))
+    if images.shape != shape or images.dtype != np.float32:  # a foreign file: draw again
+        images = generate(num_classes, size, seed, images_per_class)
+    return images
+
+
 class Glyphs(Dataset):
     """The built-in procedurally generated character data set (the default).
 
@@ -150,7 +173,7 @@ class Glyphs(Dataset):
             raise UsageError(f"--glyphs_classes={num_classes}: need at least 30 classes")
         if per_class < 2:
             raise UsageError(f"--glyphs_images_per_class={per_class}: need at least 2")
-        images = generate(num_classes, self.options.image_size, self.data_seed, per_class)
+        images = cached_generate(num_classes, self.options.image_size, self.data_seed, per_class)
         names = [f"glyph{index:05d}" for index in range(num_classes)]
         n_train = int(round(num_classes * SPLIT_FRACTIONS[0]))
         n_val = int(round(num_classes * SPLIT_FRACTIONS[1]))

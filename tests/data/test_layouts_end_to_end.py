@@ -32,6 +32,7 @@ SEARCH = [
     "--k_shot=1",
     "--n_query=2",
     "--image_size=16",
+    "--test_episodes=10",
     "--noprogress",
     "--fix_hparams=conv_blocks/depth=3,conv_blocks/filters=32,conv_blocks/growth=1.0",
 ]
