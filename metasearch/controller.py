@@ -246,11 +246,15 @@ def final_phase(job: Job, results, budget: TimeBudget | None, out: TextIO):
     """The final phase's record (`metasearch.final`), reusing one that is still current."""
     if best_trial(results) is None:
         return None
-    top = [r["trial_id"] for r in ranked_trials(results)[: job.config.final_top_k]]
+    ranked = [r["trial_id"] for r in ranked_trials(results)]
+    top = ranked[: job.config.final_top_k]
     held = job.run_dir.final_record()
     if (
         held is not None
         and held.get("candidates") == top
+        # Without candidates (--final_top_k=0) the record is the best trial's as trained:
+        # current only while that trial is still the best (not since set aside as damaged).
+        and (top or held.get("source_trial") == ranked[0])
         and held.get("test_episodes") == job.config.test_episodes
         and os.path.exists(job.run_dir.final_weights_path())
     ):

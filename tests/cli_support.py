@@ -22,6 +22,9 @@ TINY = [
     "--eval_episodes=4",
     "--n_query=3",
     "--test_episodes=4",
+    # The best trial is meta-tested as trained: the final phase's further training is
+    # tested where it is the subject (tests/test_final.py adds --final_top_k=1).
+    "--final_top_k=0",
     "--fix_hparams=conv_blocks/depth=3,conv_blocks/filters=32,conv_blocks/growth=1.0,train/learning_rate=0.002",
 ]
 

@@ -20,6 +20,7 @@ def test_search_ends_with_a_retrained_meta_tested_learner(tmp_path):
     out = tmp_path / "run"
     args = [
         *TINY,
+        "--final_top_k=1",
         f"--output_dir={out}",
         "--max_trials=2",
         "--final_episodes=6",
@@ -96,6 +97,7 @@ def test_a_time_budget_ends_the_search_and_feeds_the_final_phase(tmp_path):
     # The learning rate is searched too: a space no budget of seconds exhausts.
     result = run_cli(
         *TINY,
+        "--final_top_k=1",
         f"--output_dir={out}",
         "--time_budget=30s",
         "--final_share=0.3",

@@ -78,6 +78,7 @@ def test_fused_batch_norm_on_bfloat16_activations_matches_float32_keras(training
     assert {v.dtype for v in fused.weights} == {"float32"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plugin", ["protonet", "maml"])
 def test_bfloat16_learners_train_compile_with_xla_and_export_exactly(plugin, tmp_path):
     task = testing.tiny_task()
@@ -90,6 +91,7 @@ def test_bfloat16_learners_train_compile_with_xla_and_export_exactly(plugin, tmp
     assert testing.check_export_round_trip(learner, task, str(tmp_path), fresh_process=False) == 0
 
 
+@pytest.mark.slow
 def test_the_cli_records_the_precision_and_trials_rebuild_at_it(tmp_path):
     out = tmp_path / "run"
     result = run_cli(
