@@ -120,10 +120,11 @@ def read_json(path) -> dict:
 def run_cli_in_process(*args) -> subprocess.CompletedProcess:
     """Runs `metasearch ARGS` in this process, as its console script does.
 
-    For refusals and short commands: in a fresh process they cost little but TensorFlow's
-    start (seconds each). `test_cli` checks with real processes that a refusal is still
-    one line on stderr once TensorFlow's own start-up output is there; searches run in
-    real processes. Every flag is reset before and after, so runs do not leak.
+    For refusals, short commands and searches whose subject is not the process itself: a
+    fresh process costs TensorFlow's start (about 6 s each). `test_cli` checks with real
+    processes that a refusal is still one line on stderr once TensorFlow's own start-up
+    output is there; kills, signals, locks and environment variables need real processes
+    (`run_cli`). Every flag is reset before and after, so runs do not leak.
     """
     from metasearch import cli
     from metasearch import flags as ms_flags

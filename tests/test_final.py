@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.cli_support import TINY, read_json, run_cli, run_cli_in_process
+from tests.cli_support import TINY, read_json, run_cli_in_process
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -27,7 +27,7 @@ def test_search_ends_with_a_retrained_meta_tested_learner(tmp_path):
         "--test_episodes=12",
         "--noprogress",
     ]
-    result = run_cli(*args)
+    result = run_cli_in_process(*args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = read_json(out / "results.json")
     trials = {r["trial_id"]: r for r in results["trials"]}
@@ -69,7 +69,7 @@ def test_search_ends_with_a_retrained_meta_tested_learner(tmp_path):
     assert "Final learner exported to" in result.stdout
 
     # Run again: nothing new to search, and the final phase of the same candidates is kept.
-    again = run_cli(*args)
+    again = run_cli_in_process(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "the final phase of these candidates is done; kept as it is" in again.stdout
     assert read_json(out / "results.json")["final"]["final_id"] == final["final_id"]
@@ -78,7 +78,7 @@ def test_search_ends_with_a_retrained_meta_tested_learner(tmp_path):
 @pytest.mark.slow
 def test_final_top_k_zero_meta_tests_the_best_trial_as_trained(tmp_path):
     out = tmp_path / "run"
-    result = run_cli(
+    result = run_cli_in_process(
         f"--output_dir={out}", "--max_trials=1", "--final_top_k=0", "--noprogress", *TINY
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -95,7 +95,7 @@ def test_final_top_k_zero_meta_tests_the_best_trial_as_trained(tmp_path):
 def test_a_time_budget_ends_the_search_and_feeds_the_final_phase(tmp_path):
     out = tmp_path / "run"
     # The learning rate is searched too: a space no budget of seconds exhausts.
-    result = run_cli(
+    result = run_cli_in_process(
         *TINY,
         "--final_top_k=1",
         f"--output_dir={out}",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cli_support import TINY, run_cli
+from cli_support import TINY, run_cli_in_process
 from metasearch import testing
 from metasearch.components import Components
 from metasearch.config import RunConfig
@@ -94,7 +94,7 @@ def test_bfloat16_learners_train_compile_with_xla_and_export_exactly(plugin, tmp
 @pytest.mark.slow
 def test_the_cli_records_the_precision_and_trials_rebuild_at_it(tmp_path):
     out = tmp_path / "run"
-    result = run_cli(
+    result = run_cli_in_process(
         *TINY,
         "--max_trials=1",
         "--final_top_k=0",
@@ -111,7 +111,7 @@ def test_the_cli_records_the_precision_and_trials_rebuild_at_it(tmp_path):
     del config["precision"]
     assert Components.from_config(config).precision == "float32"
     # A different precision is a different run: refused without --overwrite.
-    again = run_cli(
+    again = run_cli_in_process(
         *TINY,
         "--max_trials=1",
         "--final_top_k=0",
@@ -123,7 +123,7 @@ def test_the_cli_records_the_precision_and_trials_rebuild_at_it(tmp_path):
 
 
 def test_a_bad_precision_flag_is_one_line(tmp_path):
-    result = run_cli("--precision=fp16", f"--output_dir={tmp_path / 'run'}")
+    result = run_cli_in_process("--precision=fp16", f"--output_dir={tmp_path / 'run'}")
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert "--precision" in line and "bfloat16" in line

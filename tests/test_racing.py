@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from metasearch import racing
-from tests.cli_support import TINY, read_json, run_cli, run_cli_in_process
+from tests.cli_support import TINY, read_json, run_cli_in_process
 
 
 def _rival(trial_id, rung, scores):
@@ -81,7 +81,7 @@ def test_a_raced_search_stops_a_clearly_worse_trial_and_keeps_its_weights(tmp_pa
         "--final_top_k=0",
         "--noprogress",
     ]
-    first = run_cli(*args, "--max_trials=1")
+    first = run_cli_in_process(*args, "--max_trials=1")
     assert first.returncode == 0, first.stderr[-3000:]
     record_path = out / "keras_tuner" / "trial_0" / "metasearch_trial.json"
     record = read_json(record_path)
@@ -92,7 +92,7 @@ def test_a_raced_search_stops_a_clearly_worse_trial_and_keeps_its_weights(tmp_pa
     # Trial 0 becomes a flawless leader at the rung: the next trial is clearly worse there.
     rungs[0]["scores"] = [1.0] * 6
     record_path.write_text(json.dumps(record))
-    second = run_cli(*args, "--max_trials=2")
+    second = run_cli_in_process(*args, "--max_trials=2")
     assert second.returncode == 0, second.stderr[-3000:]
     trial = read_json(out / "keras_tuner" / "trial_1" / "metasearch_trial.json")
     stopped = trial["racing"]["stopped"]
@@ -107,7 +107,7 @@ def test_a_raced_search_stops_a_clearly_worse_trial_and_keeps_its_weights(tmp_pa
 @pytest.mark.slow
 def test_trials_with_a_training_time_are_raced_after_equal_seconds(tmp_path):
     out = tmp_path / "run"
-    result = run_cli(
+    result = run_cli_in_process(
         *TINY,
         f"--output_dir={out}",
         "--trial_time=3s",

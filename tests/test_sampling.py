@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from matplotlib.image import imread
 
-from cli_support import TINY, read_json, run_cli, run_cli_in_process
+from cli_support import TINY, read_json, run_cli_in_process
 from metasearch import sampling
 
 
@@ -93,7 +93,9 @@ print(json.dumps({
 @pytest.mark.slow
 def test_neural_statistician_search_then_sample_png_and_exported_sample(tmp_path):
     out = tmp_path / "run"
-    result = run_cli(*TINY, "--plugin=neural_statistician", "--max_trials=1", f"--output_dir={out}")
+    result = run_cli_in_process(
+        *TINY, "--plugin=neural_statistician", "--max_trials=1", f"--output_dir={out}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     png = tmp_path / "grid.png"
     # In process: the search above already paid for a fresh process's TensorFlow start.

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_support import REPO, TINY, read_json, run_cli, run_cli_in_process
+from cli_support import REPO, TINY, read_json, run_cli_in_process
 
 NB201_TABLE = (REPO / ".." / "shared" / "data" / "nasbench201" / "nb201_val_accuracy.csv").resolve()
 needs_table = pytest.mark.skipif(not NB201_TABLE.exists(), reason=f"no table at {NB201_TABLE}")
@@ -22,7 +22,7 @@ def _table_rows(path: Path) -> dict[str, float]:
 @pytest.mark.parametrize("strategy", ["evolution", "controller"])
 def test_table_scored_search_reads_accuracies_and_trains_nothing(strategy, tmp_path):
     out = tmp_path / "out"
-    result = run_cli(
+    result = run_cli_in_process(
         *TABLE_ARGS, f"--strategy={strategy}", "--max_trials=25", f"--output_dir={out}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -70,7 +70,7 @@ def test_table_needs_a_space_with_a_table(tmp_path):
 def test_max_params_rejects_before_training_and_records_flops(tmp_path):
     out = tmp_path / "out"
     args = [a for a in TINY if not a.startswith("--fix_hparams")]
-    result = run_cli(
+    result = run_cli_in_process(
         *args,
         "--max_trials=2",
         "--max_params=60000",
@@ -93,7 +93,7 @@ def test_max_params_rejects_before_training_and_records_flops(tmp_path):
 @pytest.mark.slow
 def test_hyperband_promotes_trials_that_continue_from_their_parents(tmp_path):
     out = tmp_path / "out"
-    result = run_cli(
+    result = run_cli_in_process(
         *[a for a in TINY if not a.startswith("--episodes_per_trial")],
         "--episodes_per_trial=9",
         "--strategy=hyperband",
@@ -115,7 +115,7 @@ def test_hyperband_promotes_trials_that_continue_from_their_parents(tmp_path):
 @pytest.mark.slow
 def test_hyperband_units_are_shares_of_the_trial_time(tmp_path):
     out = tmp_path / "out"
-    result = run_cli(
+    result = run_cli_in_process(
         *TINY,
         "--trial_time=3s",
         "--strategy=hyperband",
@@ -165,10 +165,10 @@ def test_flags_for_other_components_are_refused_not_ignored(args, expected, tmp_
 def test_extending_a_table_scored_search_keeps_the_strategys_state(strategy, tmp_path):
     out = tmp_path / "out"
     args = [*TABLE_ARGS, f"--strategy={strategy}", f"--output_dir={out}"]
-    first = run_cli(*args, "--max_trials=12")
+    first = run_cli_in_process(*args, "--max_trials=12")
     assert first.returncode == 0, first.stderr[-3000:]
     state_before = read_json(out / "keras_tuner" / "oracle.json")
-    more = run_cli(*args, "--max_trials=24")
+    more = run_cli_in_process(*args, "--max_trials=24")
     assert more.returncode == 0, more.stderr[-3000:]
     assert "resuming after 12 finished trials" in more.stdout
     trials = read_json(out / "results.json")["trials"]

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from cli_support import read_json, run_cli
+from cli_support import read_json, run_cli_in_process
 from image_fixtures import (
     class_colour,
     write_cub,
@@ -72,7 +72,8 @@ def runs(tmp_path_factory):
         base = tmp_path_factory.mktemp(name)
         dataset, data_dir, extra = make(base / "data")
         out = base / "run"
-        result = run_cli(
+        # In process: five fresh processes would each pay TensorFlow's start again.
+        result = run_cli_in_process(
             f"--dataset={dataset}",
             f"--data_dir={data_dir}",
             *SEARCH,
