@@ -242,8 +242,8 @@ flags.DEFINE_enum(
     _default("precision"),
     ["auto", "float32", "bfloat16"],
     "Backbone arithmetic: bfloat16 computes convolutions and matrix products in bfloat16 "
-    "with float32 weights (about twice as fast on CPUs with AMX and on recent GPUs); the "
-    "learners' heads, losses and inner loops stay float32. auto: float32.",
+    "with float32 weights (a conv4-64 ProtoNet step measured 1.7x as fast on a CPU with "
+    "AMX-BF16); the learners' heads, losses and inner loops stay float32. auto: float32.",
 )
 flags.DEFINE_integer(
     "devices",
