@@ -73,6 +73,7 @@ def test_search_writes_every_promised_file(finished_run):
     assert "trial 0 (1 of 2)" in result.stdout  # progress display
 
 
+@pytest.mark.slow  # seconds of processes or XLA: in CI, not the quick loop
 def test_flagfile_repeats_the_run_and_reexport_works(finished_run, tmp_path):
     out, _ = finished_run
     flagfile = (out / "flags.txt").read_text()
@@ -224,6 +225,7 @@ def test_unwritable_output_dir(tmp_path):
         _assert_usage_error(result, "--output_dir", "cannot write")
 
 
+@pytest.mark.slow  # seconds of processes or XLA: in CI, not the quick loop
 def test_unknown_command_and_help():
     _assert_usage_error(run_cli("frobnicate"), "unknown command", "search, export, sample")
     helpful = run_cli("--helpfull")

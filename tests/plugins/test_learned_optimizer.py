@@ -73,6 +73,7 @@ def test_the_outer_gradient_reaches_every_lstm_weight(first_order):
         assert np.any(grad.numpy() != 0), variable.path
 
 
+@pytest.mark.slow  # seconds of processes or XLA: in CI, not the quick loop
 def test_maml_with_the_learned_inner_optimizer_trains_and_exports(tmp_path):
     # The learned_optimizer plugin (the same code path) gets the full conformance
     # suite, XLA and the fresh-process reload included; here maml's own plumbing.

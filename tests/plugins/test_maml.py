@@ -191,6 +191,7 @@ def test_regression_learners_fit_a_sine_after_adaptation():
     assert mse[1] < mse[0]
 
 
+@pytest.mark.slow  # seconds of processes or XLA: in CI, not the quick loop
 def test_the_exported_learner_adapts_inside_the_saved_model_in_a_tensorflow_only_process(
     tmp_path,
 ):

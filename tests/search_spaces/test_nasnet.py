@@ -185,6 +185,7 @@ def test_bad_genotypes_raise_value_error(change, message):
         NASNet().config_from_genotype(genotype)
 
 
+@pytest.mark.slow  # seconds of processes or XLA: in CI, not the quick loop
 def test_every_operation_builds_in_both_cells_and_compiles_with_xla():
     keras.utils.set_random_seed(0)
     space = NASNet(TINY)
