@@ -209,7 +209,10 @@ class MetaLearner(keras.layers.Layer, abc.ABC):
     * Bodies are pure tensor code (TensorFlow or `keras.ops`): no
       `tf.function`, no Python side effects that depend on tensor values, and
       nothing XLA cannot compile when `num_classes` is a Python int. The core
-      traces them inside its own `tf.function`s, with and without XLA.
+      traces them inside its own `tf.function`s, with and without XLA, and
+      without AutoGraph (`metasearch.graphs`): control flow on tensor values
+      is `tf.cond`/`tf.while_loop`/`keras.ops`; a Python `if` or `for` sees
+      Python values only (a Python `if` on a tensor fails when traced).
     * `num_classes` is a Python int during meta-training and evaluation and a
       scalar int32 tensor inside exported SavedModels; handle both.
     * `TASK_KINDS` lists the task kinds the learner supports. For regression

@@ -46,7 +46,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from metasearch import plots
+from metasearch import graphs, plots
 from metasearch.api import REGRESSION, MetaLearner, SearchSpace
 from metasearch.data.preprocess import normalize, resize
 from metasearch.errors import StorageError, UsageError
@@ -95,7 +95,7 @@ class FewShotModule(tf.Module):
         self.metadata_asset = tf.saved_model.Asset(metadata_path)
         with open(metadata_path, encoding="utf-8") as handle:
             self._metadata_json = handle.read()
-        self.metadata = tf.function(self._metadata, input_signature=[])
+        self.metadata = graphs.function(self._metadata, input_signature=[])
         kind = kind_of(learner.task)
         self.main_signature = kind.main_signature
         self.regression = kind.name == REGRESSION
@@ -108,7 +108,7 @@ class FewShotModule(tf.Module):
             shape = list(learner.task.image_shape)
             targets = learner.task.target_dim
             self.input_shape, self.target_dim = shape, int(targets)
-            self.adapt_and_predict = tf.function(
+            self.adapt_and_predict = graphs.function(
                 self._adapt_and_predict,
                 input_signature=[
                     tf.TensorSpec(
@@ -120,13 +120,13 @@ class FewShotModule(tf.Module):
                     tf.TensorSpec(None if checked else [None, *shape], tf.float32, name="query_x"),
                 ],
             )
-            self.embed = tf.function(
+            self.embed = graphs.function(
                 self._embed_inputs, input_signature=[tf.TensorSpec([None, *shape], tf.float32)]
             )
             return
         image_spec = tf.TensorSpec([None, None, None, channels], tf.float32)
         images = None if checked else [None, None, None, channels]
-        self.few_shot = tf.function(
+        self.few_shot = graphs.function(
             self._few_shot,
             input_signature=[
                 tf.TensorSpec(images, tf.float32, name="support_images"),
@@ -134,9 +134,9 @@ class FewShotModule(tf.Module):
                 tf.TensorSpec(images, tf.float32, name="query_images"),
             ],
         )
-        self.embed = tf.function(self._embed, input_signature=[image_spec])
+        self.embed = graphs.function(self._embed, input_signature=[image_spec])
         if self.generative:
-            self.sample = tf.function(
+            self.sample = graphs.function(
                 self._sample,
                 input_signature=[
                     tf.TensorSpec([None, None, None, channels], tf.float32, name="images"),
@@ -476,9 +476,13 @@ class CellModule(tf.Module):
                 tf.TensorSpec([None, *tensor.shape[1:]], tf.float32, name=input_name)
                 for input_name, tensor in zip(cell_input_names(cell), cell.inputs)
             ]
-            self.functions[name] = tf.function(_cell_caller(cell, specs), input_signature=specs)
-        self.genotype = tf.function(lambda: tf.constant(self._genotype_json), input_signature=[])
-        self.metadata = tf.function(lambda: tf.constant(self._metadata_json), input_signature=[])
+            self.functions[name] = graphs.function(_cell_caller(cell, specs), input_signature=specs)
+        self.genotype = graphs.function(
+            lambda: tf.constant(self._genotype_json), input_signature=[]
+        )
+        self.metadata = graphs.function(
+            lambda: tf.constant(self._metadata_json), input_signature=[]
+        )
 
 
 def cell_input_names(cell) -> list[str]:

@@ -43,6 +43,8 @@ from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.profiler.internal import flops_registry  # noqa: F401  (registers stats)
 from tensorflow.python.util import deprecation
 
+from metasearch import graphs
+
 _CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 _IF_OPS = frozenset({"If", "StatelessIf"})
 _CASE_OPS = frozenset({"Case", "StatelessCase"})
@@ -88,7 +90,7 @@ def flop_breakdown(
         return model(inputs[0] if single else list(inputs), training=False)
 
     with _quiet(), _inline_functions():
-        graph = tf.function(forward).get_concrete_function(*specs).graph
+        graph = graphs.function(forward).get_concrete_function(*specs).graph
     with _quiet():
         counts = _count_graph(graph, depth=0)
     return {op_type: int(n) for op_type, n in sorted(counts.items()) if n}

@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from metasearch import graphs
 from metasearch.export import staged_export
 from metasearch.inner_optimizers import LSTMOptimizer
 
@@ -92,7 +93,7 @@ class TruncatedBPTT:
         self.truncation = int(truncation)
         self.meta_optimizer = keras.optimizers.Adam(learning_rate, global_clipnorm=clip_norm)
         self.meta_optimizer.build(optimizer.trainable_variables)
-        self.train_truncation = tf.function(self._train_truncation, jit_compile=jit_compile)
+        self.train_truncation = graphs.function(self._train_truncation, jit_compile=jit_compile)
 
     def meta_gradients(self, params, state, data, start):
         """One truncation's meta-gradient: `(gradients, params, state, meta_loss)`.

@@ -15,6 +15,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from metasearch import graphs
 from metasearch.api import MetaLearner
 from metasearch.data.pipeline import EpisodeImages
 from metasearch.data.preprocess import normalize
@@ -36,7 +37,7 @@ def generate_images(
 ) -> np.ndarray:
     """New images `[classes, samples, h, w, c]` in [0, 1] for images `[classes, k, h, w, c]`."""
     mean, std = normalization
-    generate = tf.function(
+    generate = graphs.function(
         lambda images, seed_pair: learner.generate(
             normalize(images, mean, std), samples_per_class, seed_pair
         )

@@ -55,7 +55,7 @@ import keras_tuner
 import numpy as np
 import tensorflow as tf
 
-from metasearch import registry
+from metasearch import graphs, registry
 from metasearch.api import (
     CLASSIFICATION,
     REGRESSION,
@@ -274,7 +274,7 @@ def _train_step_and_adapt(
 def check_traces_with_variable_batch(learner: MetaLearner, task: TaskSpec) -> None:
     """`embed`, traced once for an unknown batch size, serves batches of 1, 3 and 7."""
     spec = tf.TensorSpec([None, *task.image_shape], tf.float32)
-    embed = tf.function(lambda images: learner.embed(images), input_signature=[spec])
+    embed = graphs.function(lambda images: learner.embed(images), input_signature=[spec])
     sizes = [1, 3, 7]
     outputs = [embed(tf.zeros([n, *task.image_shape])) for n in sizes]
     for n, output in zip(sizes, outputs):

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from metasearch import devices as devices_lib
-from metasearch import files
+from metasearch import files, graphs
 from metasearch.api import Episode, MetaLearner
 from metasearch.data.episodes import EvaluationEpisodes
 from metasearch.data.preprocess import normalize
@@ -158,13 +158,13 @@ class MetaTrainer:
             )
         self.optimizer = keras.optimizers.Adam(schedule)
         self.jit_compile = jit_compile
-        self.train_step = tf.function(self._train_step, jit_compile=jit_compile)
-        self.eval_step = tf.function(self._eval_step, jit_compile=jit_compile)
-        self.adapt_step = tf.function(self._adapt_step, jit_compile=jit_compile)
-        self.embed_step = tf.function(
+        self.train_step = graphs.function(self._train_step, jit_compile=jit_compile)
+        self.eval_step = graphs.function(self._eval_step, jit_compile=jit_compile)
+        self.adapt_step = graphs.function(self._adapt_step, jit_compile=jit_compile)
+        self.embed_step = graphs.function(
             self._embed_step, jit_compile=jit_compile, reduce_retracing=True
         )
-        self.pooled_eval_step = tf.function(
+        self.pooled_eval_step = graphs.function(
             self._pooled_eval_step, jit_compile=jit_compile, reduce_retracing=True
         )
         self.devices = int(devices)
@@ -175,11 +175,11 @@ class MetaTrainer:
             # compiles them together). Untested on several GPUs: there both calls update
             # the same running statistics, which may order them one after the other.
             self._replica_step = (
-                tf.function(self._share_gradients, jit_compile=True)
+                graphs.function(self._share_gradients, jit_compile=True)
                 if jit_compile
                 else self._share_gradients
             )
-            self.train_step = tf.function(self._mirrored_train_step)
+            self.train_step = graphs.function(self._mirrored_train_step)
 
     def _normalize(self, episode: Episode) -> Episode:
         return episode._replace(

@@ -14,6 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from metasearch import graphs
 from metasearch.api import ClassSet, Episode
 from metasearch.data.pipeline import EpisodeImages
 
@@ -227,7 +228,7 @@ class EvaluationEpisodes:
 
             flat = (
                 tf.data.Dataset.range(self.start, self.start + self.count)
-                .map(draw)
+                .map(graphs.dataset_function(draw))
                 .batch(max(1, self.count))
                 .get_single_element()
                 .numpy()
@@ -261,7 +262,7 @@ def indexed_stream(make, count: int | None = None, start: int = 0) -> tf.data.Da
     options.autotune.enabled = False
     parallel = max(2, min(PIPELINE_THREADS, os.cpu_count() or 2))
     return (
-        indices.map(make, num_parallel_calls=parallel, deterministic=True)
+        indices.map(graphs.dataset_function(make), num_parallel_calls=parallel, deterministic=True)
         .prefetch(2)
         .with_options(options)
     )
