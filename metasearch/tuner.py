@@ -14,6 +14,7 @@ RUNNING and the trial runs again when the search resumes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import json
 import math
@@ -92,6 +93,17 @@ class FewShotTuner(kt_adapter.BaseTuner):
             return
         if self.job.role == "local":
             self.oracle.verbose = 0
+        # What exists now (modules, the job's images, the oracle) lives through the
+        # search. Frozen, it is no longer walked by Python's collector, which each
+        # trial's clear_session runs: 0.2 s a trial over some 380,000 objects before.
+        gc.freeze()
+        try:
+            self._run_trials(*fit_args, **fit_kwargs)
+        finally:
+            gc.unfreeze()  # a search run from Python leaves nothing frozen behind
+
+    def _run_trials(self, *fit_args, **fit_kwargs):
+        """keras-tuner's loop: trials from the oracle until it says the search is over."""
         self.on_search_begin()
         while True:
             interrupts.check()  # a clean point: Ctrl-C during the books stops here

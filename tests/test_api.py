@@ -23,6 +23,8 @@ PROGRAM = textwrap.dedent(
 
 
     def main(argv):
+        import gc
+
         import metasearch
         from metasearch.errors import UsageError
 
@@ -61,6 +63,8 @@ PROGRAM = textwrap.dedent(
             ),
             "seed": run.config["seed"],
             "refused": refused,
+            # The search froze the heap of its start while trials ran (`gc.freeze`).
+            "frozen_after": gc.get_freeze_count(),
         }))
 
 
@@ -93,6 +97,7 @@ def test_search_from_a_program_with_its_own_seed_and_output_dir_flags(tmp_path):
     # The user's flags are theirs: metasearch defined none, and used the values given.
     assert report["metasearch_flags"] == []
     assert report["seed"] == 5
+    assert report["frozen_after"] == 0  # a search leaves nothing of the program frozen
     assert report["refused"] == (
         "--dataset=glyphs: unknown options clases; known: classes, images_per_class"
     )
