@@ -174,10 +174,9 @@ def run_final_phase(
             continue
         summary = _train_further(job, learner, record, per_candidate, index)
         val = MetaTrainer(learner, job.normalization, 1e-3, 1, jit_compile=job.jit_compile)
-        val_stream = job.episode_stream(
-            "val", config.seed, episodes.VAL_STREAM, count=config.eval_episodes
+        val_scores = val.evaluate(
+            job.validation_episodes(config.eval_episodes), kind.eval_classes(config.n_way)
         )
-        val_scores = val.evaluate(val_stream, kind.eval_classes(config.n_way))
         mean, ci95 = episodes.mean_and_ci95(val_scores)
         trained.append((kind.goodness(mean), -index, record, learner, summary, mean, ci95))
         report(

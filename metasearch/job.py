@@ -32,6 +32,7 @@ from metasearch.config import (
     flagfile_text,
     parse_duration,
 )
+from metasearch.data.episodes import VAL_STREAM, EvaluationEpisodes
 from metasearch.errors import DamagedFileError, UsageError
 from metasearch.rundir import CONFIG_FILE, DAMAGED, DATASET_FILE, FLAGS_FILE, RunDir
 from metasearch.tasks import TaskData, TaskKind, kind_of
@@ -222,6 +223,12 @@ class Job:
             self.table = load_table(config, self.components.space)
         self.jit_compile = resolve_jit_compile(config.jit_compile)
         self.check_same_run()
+        if self.trains:
+            # The validation episodes are the job's, the same for every trial: drawn with
+            # the data, so that the first trial is not charged for them (0.1-0.3 s).
+            validation = self.validation_episodes(config.eval_episodes)
+            if isinstance(validation, EvaluationEpisodes):
+                validation.prepare()
 
     def _check_task_kind(self) -> None:
         """The plugin learns the data set's kind of task, and no setting is meaningless to it."""
@@ -363,6 +370,10 @@ class Job:
                 self.data, self.config, split, seed, stream, count, start
             )
         return self._evaluation_streams[key]
+
+    def validation_episodes(self, count: int):
+        """The first `count` meta-validation episodes, the same for every trial (built once)."""
+        return self.episode_stream("val", self.config.seed, VAL_STREAM, count=count)
 
     def candidate_violation(self, values: dict[str, Any]) -> str | None:
         """Why a candidate breaks `--max_params` (built, not trained), or None if it fits."""

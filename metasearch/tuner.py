@@ -523,10 +523,9 @@ class FewShotTuner(kt_adapter.BaseTuner):
         record["seconds"]["training"] = train_metrics["train_seconds"] - earlier
         record["seconds"]["callbacks"] = callbacks - (race.seconds if race is not None else 0.0)
         validation_started = time.monotonic()
-        val_stream = job.episode_stream(
-            "val", config.seed, episodes.VAL_STREAM, count=config.eval_episodes
+        scores = trainer.evaluate(
+            job.validation_episodes(config.eval_episodes), job.kind.eval_classes(config.n_way)
         )
-        scores = trainer.evaluate(val_stream, job.kind.eval_classes(config.n_way))
         record["seconds"]["validation"] = time.monotonic() - validation_started
         return self._scored(trial, learner, record, scores, train_metrics)
 
@@ -565,9 +564,7 @@ class _TrialRace:
     def _race(self, rung: int, episodes_done: int, seconds: float | None = None) -> None:
         job, config = self.tuner.job, self.tuner.job.config
         started = time.monotonic()
-        stream = job.episode_stream(
-            "val", config.seed, episodes.VAL_STREAM, count=config.racing_episodes
-        )
+        stream = job.validation_episodes(config.racing_episodes)
         scores = self.trainer.evaluate(stream, job.kind.eval_classes(config.n_way))
         self.scores.append({"rung": rung, "episodes": episodes_done, "scores": scores.tolist()})
         if seconds is not None:

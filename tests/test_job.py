@@ -56,3 +56,16 @@ def test_classification_settings_are_refused_on_a_regression_data_set(tmp_path, 
     assert not os.path.exists(tmp_path / "out" / "config.json")
     # At their defaults they are accepted (flagfiles of regression runs list them).
     Job(config.replace(image_size=28, n_way=5, train_n_way=5, augment="none"))
+
+
+def test_the_validation_episodes_are_drawn_with_the_data_once_for_every_trial(tmp_path):
+    config = RunConfig(
+        output_dir=str(tmp_path / "out"), dataset_options={"classes": 60}, eval_episodes=7
+    )
+    job = Job(config)
+    validation = job.validation_episodes(7)
+    assert validation._indices is not None  # drawn when the job loaded its data
+    support, query = validation.indices()
+    assert support.shape == (7, 5) and query.shape == (7, 5 * config.n_query)
+    assert job.validation_episodes(7) is validation  # every trial scores these
+    assert job.validation_episodes(3) is not validation  # racing's fewer episodes
