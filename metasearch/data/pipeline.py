@@ -88,6 +88,9 @@ class EpisodeImages:
             else:
                 flat = np.concatenate(images) if images else np.zeros((0, 1, 1, channels))
             self._images = flat.astype(np.float32, copy=False)
+            # The tensor every episode pipeline captures, made with the data rather
+            # than by the first pipeline (which a search's first trial builds).
+            self._constant()
             return
         sources = [source for sources in self.class_set.files for source in sources]
         boxes = None
