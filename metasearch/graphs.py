@@ -21,10 +21,8 @@ from typing import Any
 import tensorflow as tf
 
 
-def function(python_function: Callable | None = None, **options: Any):
-    """`tf.function(python_function, **options)` traced without AutoGraph (also a decorator)."""
-    if python_function is None:
-        return lambda wrapped: tf.function(wrapped, autograph=False, **options)
+def function(python_function: Callable, **options: Any):
+    """`tf.function(python_function, **options)`, traced without AutoGraph."""
     return tf.function(python_function, autograph=False, **options)
 
 

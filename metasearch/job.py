@@ -228,7 +228,7 @@ class Job:
             # the data, so that the first trial is not charged for them (0.1-0.3 s).
             validation = self.validation_episodes(config.eval_episodes)
             if isinstance(validation, EvaluationEpisodes):
-                validation.prepare()
+                validation.indices()
 
     def _check_task_kind(self) -> None:
         """The plugin learns the data set's kind of task, and no setting is meaningless to it."""

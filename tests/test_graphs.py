@@ -19,8 +19,8 @@ def test_functions_are_traced_without_autograph():
     with pytest.raises(tf.errors.OperatorNotAllowedInGraphError):
         graphs.function(_python_if_on_a_tensor)(tf.constant(1.0))
     with pytest.raises(tf.errors.OperatorNotAllowedInGraphError):
-        graphs.function(input_signature=[tf.TensorSpec([], tf.float32)])(
-            _python_if_on_a_tensor
+        graphs.function(
+            _python_if_on_a_tensor, input_signature=[tf.TensorSpec([], tf.float32)]
         ).get_concrete_function()
     with pytest.raises(tf.errors.OperatorNotAllowedInGraphError):
         tf.data.Dataset.range(3).map(graphs.dataset_function(_python_if_on_a_tensor))

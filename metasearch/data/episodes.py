@@ -208,11 +208,6 @@ class EvaluationEpisodes:
             )
         return self._dataset
 
-    def prepare(self) -> None:
-        """Draws the episodes' image indices and builds their pipeline now, not on first use."""
-        self.indices()
-        _ = self.dataset
-
     def __iter__(self):
         return iter(self.dataset)
 

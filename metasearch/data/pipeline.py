@@ -88,9 +88,10 @@ class EpisodeImages:
             else:
                 flat = np.concatenate(images) if images else np.zeros((0, 1, 1, channels))
             self._images = flat.astype(np.float32, copy=False)
-            # The tensor every episode pipeline captures, made with the data rather
-            # than by the first pipeline (which a search's first trial builds).
-            self._constant()
+            # The tensor every episode pipeline of every trial captures (not a
+            # graph-local copy each), made eagerly with the data.
+            with tf.init_scope():
+                self._tensor = tf.convert_to_tensor(self._images)
             return
         sources = [source for sources in self.class_set.files for source in sources]
         boxes = None
@@ -154,7 +155,7 @@ class EpisodeImages:
     def images(self, flat_indices: tf.Tensor) -> tf.Tensor:
         """Float32 images in [0, 1] at `flat_indices` (any shape), inside the graph."""
         if self.mode == "generated":
-            return tf.gather(self._constant(), flat_indices)
+            return tf.gather(self._tensor, flat_indices)
         # Cached or streamed, the worker answers: the pixels never pass through a
         # TensorFlow op before this cast, and the cache is never copied into a tensor.
         picked = tf.numpy_function(self.pixels, [flat_indices], tf.uint8, stateful=False)
@@ -163,14 +164,6 @@ class EpisodeImages:
             [None] * len(flat_indices.shape) + [self.image_size, self.image_size, self.channels],
         )
         return tf.cast(picked, tf.float32) / 255.0
-
-    def _constant(self) -> tf.Tensor:
-        # Made eagerly (init_scope) once: every episode pipeline of every trial captures
-        # the same tensor instead of a graph-local copy of the images.
-        if not hasattr(self, "_tensor"):
-            with tf.init_scope():
-                self._tensor = tf.convert_to_tensor(self._images)
-        return self._tensor
 
     def info(self) -> dict[str, Any]:
         """What `dataset.json` records of this class set."""
