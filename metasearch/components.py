@@ -9,6 +9,7 @@ learner from one sampled point.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,6 +47,10 @@ class Components:
         trains: bool = True,
         plugin_options: Mapping[str, Any] | None = None,
         precision: str = "float32",
+        train_n_ways: tuple[int, ...] = (),
+        train_n_way: int | None = None,
+        train_n_queries: tuple[int, ...] = (),
+        n_query: int | None = None,
     ):
         self.plugin_name, self.space_name, self.dataset_name = plugin, search_space, dataset
         try:
@@ -53,6 +58,12 @@ class Components:
         except ValueError as error:
             raise UsageError(f"--precision: {error}") from None
         self.trains = trains
+        # The meta-training way's and query count's choices (searched as `train/n_way`
+        # and `train/n_query`) and their defaults.
+        self.train_n_ways = tuple(int(way) for way in train_n_ways)
+        self.train_n_way = train_n_way
+        self.train_n_queries = tuple(int(count) for count in train_n_queries)
+        self.n_query = n_query
         self.plugin: type[MetaLearner] = registry.load("plugin", plugin, "plugin")
         space_class: type[SearchSpace] = registry.load("search_space", search_space, "search_space")
         try:
@@ -76,6 +87,10 @@ class Components:
             plugin_options=config.get("plugin_options"),
             # Runs written before --precision existed trained in float32.
             precision=config.get("precision", "float32"),
+            train_n_ways=tuple(config.get("train_n_ways") or ()),
+            train_n_way=config.get("train_n_way"),
+            train_n_queries=tuple(config.get("train_n_queries") or ()),
+            n_query=config.get("n_query"),
         )
 
     def task_kind(self) -> TaskKind:
@@ -87,7 +102,7 @@ class Components:
         architecture = self.space.sample_config(hp)
         if not self.trains:
             return {"architecture": architecture, "plugin": {}, "learning_rate": None}
-        return {
+        sampled = {
             "architecture": architecture,
             "plugin": self.plugin.sample_config(hp),
             "learning_rate": hp.Float(
@@ -98,6 +113,15 @@ class Components:
                 default=DEFAULT_LEARNING_RATE,
             ),
         }
+        if self.train_n_ways:
+            sampled["train_n_way"] = hp.Choice(
+                "train/n_way", list(self.train_n_ways), default=self.train_n_way
+            )
+        if self.train_n_queries:
+            sampled["train_n_query"] = hp.Choice(
+                "train/n_query", list(self.train_n_queries), default=self.n_query
+            )
+        return sampled
 
     def hyperparameters(self) -> dict[str, keras_tuner.engine.hyperparameters.HyperParameter]:
         """Every declared hyperparameter of the joint space, by name."""
@@ -120,6 +144,31 @@ class Components:
         if normalization is not None:
             build_variables(learner, task, normalization)
         return learner
+
+
+# Searched meta-training settings: hyperparameter -> key in a sampled configuration.
+TRAINING_CHOICES = {"train/n_way": "train_n_way", "train/n_query": "train_n_query"}
+
+
+def training_task(task: TaskSpec | None, sampled: Mapping[str, Any]) -> TaskSpec | None:
+    """`task` at a sampled configuration's searched meta-training way and query count."""
+    changes = {
+        field: int(sampled[key])
+        for field, key in (("n_way", "train_n_way"), ("n_query", "train_n_query"))
+        if sampled.get(key) is not None
+    }
+    if task is None or not changes:
+        return task
+    return dataclasses.replace(task, **changes)
+
+
+def sampled_training(hyperparameters: Mapping[str, Any]) -> dict[str, int]:
+    """A trial record's searched training settings, keyed as `Components.sample` keys them."""
+    return {
+        key: int(hyperparameters[name])
+        for name, key in TRAINING_CHOICES.items()
+        if hyperparameters.get(name) is not None
+    }
 
 
 def build_variables(learner: MetaLearner, task: TaskSpec, normalization) -> None:

@@ -45,6 +45,8 @@ IDENTITY_FIELDS = (
     "k_shot",
     "n_query",
     "train_n_way",
+    "train_n_ways",
+    "train_n_queries",
     "augment",
     "meta_batch_size",
     "image_size",
@@ -97,7 +99,12 @@ def parse_duration(text: str | float | int, flag: str = "--time_budget") -> floa
 class RunConfig:
     """The resolved configuration of a search run (what library code receives).
 
-    `train_n_way=None` means `n_way`. `fix_hparams` maps hyperparameter names
+    `train_n_way=None` means `n_way`. `train_n_ways` (e.g. `(20, 40, 60)`)
+    makes the meta-training way a searched hyperparameter, `train/n_way`,
+    among those choices, and `train_n_queries` (e.g. `(5, 15)`) the
+    meta-training query images per class, `train/n_query`; the default
+    configuration trains at `train_n_way` and `n_query`, which must be among
+    them. Evaluation always uses `n_way` and `n_query`. `fix_hparams` maps hyperparameter names
     (e.g. `conv_blocks/depth`) to values held fixed instead of searched.
     `inner_optimizer` (`sgd` or `learned`) pins the MAML family's inner-loop
     rule; it is folded into `fix_hparams` when the job starts. `cache_memory`
@@ -156,6 +163,8 @@ class RunConfig:
     k_shot: int = 1
     n_query: int = 15
     train_n_way: int | None = None
+    train_n_ways: tuple[int, ...] = ()
+    train_n_queries: tuple[int, ...] = ()
     augment: str = "none"
     meta_batch_size: int = 1
     checkpoint_seconds: int = 120
@@ -188,6 +197,16 @@ class RunConfig:
             )
         if self.train_n_way is None:
             object.__setattr__(self, "train_n_way", self.n_way)
+        object.__setattr__(
+            self,
+            "train_n_ways",
+            _checked_choices(self.train_n_ways, "train_n_way", self.train_n_way, 2),
+        )
+        object.__setattr__(
+            self,
+            "train_n_queries",
+            _checked_choices(self.train_n_queries, "n_query", self.n_query, 1),
+        )
         if self.max_trials is None and self.time_budget is None:
             object.__setattr__(self, "max_trials", DEFAULT_MAX_TRIALS)
         if self.devices < 1:
@@ -222,6 +241,30 @@ class RunConfig:
         """The config `to_json` wrote (fields it does not know are ignored)."""
         known = {field.name for field in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def searched_training_text(hyperparameters: dict[str, Any]) -> str:
+    """`60-way 5-query training` for a trial that searched them; "" if it did not."""
+    way, query = hyperparameters.get("train/n_way"), hyperparameters.get("train/n_query")
+    parts = [f"{way}-way"] * (way is not None) + [f"{query}-query"] * (query is not None)
+    return " ".join(parts) + " training" if parts else ""
+
+
+def _checked_choices(values, default_flag: str, default: int, least: int) -> tuple[int, ...]:
+    """A searched training setting's choices (`--train_n_ways`, `--train_n_queries`), checked."""
+    flag = {"train_n_way": "--train_n_ways", "n_query": "--train_n_queries"}[default_flag]
+    choices = tuple(int(value) for value in values)
+    text = ",".join(str(value) for value in choices)
+    if choices and min(choices) < least:
+        raise UsageError(f"{flag}={text}: {min(choices)} is less than {least}")
+    if len(set(choices)) != len(choices):
+        raise UsageError(f"{flag}={text}: a value is listed twice")
+    if choices and default not in choices:
+        raise UsageError(
+            f"{flag}={text}: must include --{default_flag}={default} "
+            "(the default configuration, the search's first trial, trains at it)"
+        )
+    return choices
 
 
 # The option dicts and the component-choosing field each belongs to: option `blocks` of

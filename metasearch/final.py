@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from metasearch.budget import TimeBudget, format_duration
+from metasearch.components import sampled_training
 from metasearch.data import episodes
 from metasearch.errors import DamagedFileError
 from metasearch.job import Job, derived_seed
@@ -288,7 +289,10 @@ def _train_further(job: Job, learner, record, allowance, index: int) -> dict[str
         return {"episodes": 0, "train_seconds": 0.0}
     rate = record["hyperparameters"].get("train/learning_rate") or 1e-3
     stream = job.episode_stream(
-        "train", derived_seed(config.seed, f"final {index}"), episodes.TRAIN_STREAM
+        "train",
+        derived_seed(config.seed, f"final {index}"),
+        episodes.TRAIN_STREAM,
+        **sampled_training(record["hyperparameters"]),
     )
     by_time = allowance[0] == "seconds"
     steps = None if by_time else max(1, math.ceil(allowance[1] / config.meta_batch_size))

@@ -199,6 +199,20 @@ flags.DEFINE_integer(
     "classes than at test time (Snell et al.) often helps.",
     lower_bound=2,
 )
+flags.DEFINE_list(
+    "train_n_ways",
+    [],
+    "Search the meta-training way too: its choices (e.g. 20,40,60), as hyperparameter "
+    "train/n_way; the default configuration trains at --train_n_way, which must be one of "
+    "them. Empty: every trial trains at --train_n_way.",
+)
+flags.DEFINE_list(
+    "train_n_queries",
+    [],
+    "Search the meta-training query images per class too: its choices (e.g. 5,15), as "
+    "hyperparameter train/n_query; the default configuration trains at --n_query, which must "
+    "be one of them. Evaluation always uses --n_query. Empty: every trial trains at --n_query.",
+)
 flags.DEFINE_enum(
     "augment",
     _default("augment"),
@@ -407,6 +421,8 @@ def resolve() -> RunConfig:
     values = {name: FLAGS[name].value for name in RUN_FLAGS}
     values["fix_hparams"] = parse_fixed_hparams(FLAGS.fix_hparams)
     values["racing_rungs"] = parse_fractions(FLAGS.racing_rungs, "--racing_rungs")
+    values["train_n_ways"] = parse_counts(FLAGS.train_n_ways, "--train_n_ways")
+    values["train_n_queries"] = parse_counts(FLAGS.train_n_queries, "--train_n_queries")
     values["overwrite"] = FLAGS.overwrite
     for kind, field in COMPONENT_KINDS.items():
         values[field] = component_options(kind, FLAGS[kind].value)
@@ -437,6 +453,17 @@ def parse_fractions(items: list[str], flag: str) -> tuple[float, ...]:
             raise UsageError(f"{flag}: {item} is not a fraction between 0 and 1")
         fractions.append(value)
     return tuple(fractions)
+
+
+def parse_counts(items: list[str], flag: str) -> tuple[int, ...]:
+    """`["20", "40"]` -> `(20, 40)`; each must be a whole number."""
+    counts = []
+    for item in items:
+        try:
+            counts.append(int(item))
+        except ValueError:
+            raise UsageError(f"{flag}: {item!r} is not a whole number") from None
+    return tuple(counts)
 
 
 def parse_fixed_hparams(items: list[str]) -> dict[str, Any]:

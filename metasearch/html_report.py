@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from metasearch import pareto, plots, summaries
+from metasearch.config import searched_training_text
 from metasearch.errors import UsageError
 from metasearch.flops import format_flops
 from metasearch.rundir import (
@@ -280,6 +281,9 @@ def learner_text(record: dict[str, Any]) -> str:
     lr = (record.get("hyperparameters") or {}).get("train/learning_rate")
     if isinstance(lr, float):
         learner += (", " if learner else "") + f"lr={lr:.1e}"
+    training = searched_training_text(record.get("hyperparameters") or {})
+    if training:
+        learner += (", " if learner else "") + training
     if record.get("architecture"):
         return str(record["architecture"]) + (f" / {learner}" if learner else "")
     values = record.get("hyperparameters") or {}

@@ -23,6 +23,7 @@ from metasearch.components import (
     Components,
     build_variables,
     fixed_hyperparameters,
+    training_task,
     with_inner_optimizer,
 )
 from metasearch.config import (
@@ -353,17 +354,36 @@ class Job:
                 return f"trial {record['trial_id']} trained --plugin={plugin}"
         return None
 
+    def trial_task(self, sampled: dict[str, Any]):
+        """The meta-training task of a sampled configuration (its searched way and queries)."""
+        return training_task(self.task, sampled)
+
     def episode_stream(
-        self, split: str, seed: int, stream: int, count: int | None = None, start: int = 0
+        self,
+        split: str,
+        seed: int,
+        stream: int,
+        count: int | None = None,
+        start: int = 0,
+        train_n_way: int | None = None,
+        train_n_query: int | None = None,
     ) -> tf.data.Dataset:
         """Episodes of one split: meta-training (`--train_n_way`, augmented) or evaluation.
 
         From index `start` of the stream (a resumed trial goes on where it stopped).
-        Finite evaluation streams are built once and reused (every trial is
-        scored on the same episodes), so no trial pays for building them again.
+        Meta-training episodes have `train_n_way` classes and `train_n_query`
+        query images per class when given (a trial's searched values),
+        `--train_n_way` and `--n_query` otherwise. Finite evaluation
+        streams are built once and reused (every trial is scored on the same
+        episodes), so no trial pays for building them again.
         """
         if split == "train" or count is None:
-            return self.kind.episodes(self.data, self.config, split, seed, stream, count, start)
+            config = self.config
+            if split == "train" and train_n_way is not None:
+                config = config.replace(train_n_way=int(train_n_way))
+            if split == "train" and train_n_query is not None:
+                config = config.replace(n_query=int(train_n_query))
+            return self.kind.episodes(self.data, config, split, seed, stream, count, start)
         key = (split, seed, stream, count, start)
         if key not in self._evaluation_streams:
             self._evaluation_streams[key] = self.kind.episodes(
@@ -383,8 +403,9 @@ class Job:
         hp.values = dict(values)
         sampled = self.components.sample(hp)
         keras.backend.clear_session()
-        learner = self.components.build_learner(sampled, self.task)
-        build_variables(learner, self.task, self.normalization)
+        task = self.trial_task(sampled)
+        learner = self.components.build_learner(sampled, task)
+        build_variables(learner, task, self.normalization)
         parameters = count_parameters(learner)
         keras.backend.clear_session()
         return over_budget(parameters, self.config.max_params)

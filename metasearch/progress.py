@@ -11,6 +11,7 @@ import time
 from typing import Any, TextIO
 
 from metasearch.budget import TimeBudget, format_duration
+from metasearch.config import searched_training_text
 
 
 class Progress:
@@ -62,9 +63,15 @@ class Progress:
         self._write(
             f"metasearch{where}: {config.plugin} x {config.search_space} on {config.dataset}, "
             f"{self._trials_planned(config)} of {self._trial_length(config)} "
-            f"({config.train_n_way}-way {config.k_shot}-shot {config.n_query}-query), "
+            f"({self._training_ways(config)}-way {config.k_shot}-shot {config.n_query}-query), "
             f"strategy {config.strategy}, {mode}{resumed}\n  output: {config.output_dir}\n"
         )
+
+    @staticmethod
+    def _training_ways(config) -> str:
+        """`20`, or the searched ways `20/40/60`."""
+        ways = getattr(config, "train_n_ways", ()) or (config.train_n_way,)
+        return "/".join(str(way) for way in ways)
 
     @staticmethod
     def _trial_length(config) -> str:
@@ -96,6 +103,8 @@ class Progress:
         self._started = time.time()
         self._last_quarter = -1
         learner = ", ".join(f"{k}={v}" for k, v in sorted(record["plugin_config"].items()))
+        training = searched_training_text(record.get("hyperparameters", {}))
+        learner += (", " if learner else "") + training if training else ""
         number = int(trial_id) + 1 if str(trial_id).isdigit() else "?"
         what = record["architecture"] + (f" / {learner}" if learner else "")
         of = f" of {self.max_trials}" if self.max_trials else ""

@@ -14,8 +14,15 @@ import platform
 from typing import Any
 
 from metasearch import pareto
+from metasearch.config import searched_training_text
 from metasearch.flops import format_flops
-from metasearch.rundir import LEADERBOARD_FILE, RESULTS_FILE, RunDir, best_trial, trial_score
+from metasearch.rundir import (
+    LEADERBOARD_FILE,
+    RESULTS_FILE,
+    RunDir,
+    best_trial,
+    trial_score,
+)
 from metasearch.tasks import CLASSIFICATION, kind_of, kind_of_record
 
 
@@ -68,6 +75,8 @@ def leaderboard(results: list[dict[str, Any]], config: dict[str, Any]) -> str:
         learner = ", ".join(f"{k}={v}" for k, v in sorted(r.get("plugin_config", {}).items()))
         lr = r.get("hyperparameters", {}).get("train/learning_rate")
         learner += f", lr={lr:.1e}" if isinstance(lr, float) else ""
+        training = searched_training_text(r.get("hyperparameters", {}))
+        learner += f", {training}" if training else ""
         what = f"{r.get('architecture', '?')}" + (f" / {learner}" if learner else "")
         if r["status"] != "COMPLETED" and r.get("error"):
             what += f"  [{r['error'][:80]}]"

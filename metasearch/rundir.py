@@ -46,7 +46,7 @@ from typing import Any
 
 import keras
 
-from metasearch.components import Components
+from metasearch.components import Components, sampled_training, training_task
 from metasearch.errors import DamagedFileError, RunLockedError, UsageError
 from metasearch.files import (  # noqa: F401 - re-exported: the run folder's primitives
     TEMPORARY_MARK,
@@ -584,11 +584,15 @@ class FinishedRun:
         if not os.path.exists(weights_path):
             raise DamagedFileError(weights_path, "the file is missing")
         task = self.kind.task_spec(self.config, self.data)
+        hyperparameters = chosen["hyperparameters"]
         sampled = {
             "architecture": chosen["architecture_config"],
             "plugin": chosen["plugin_config"],
-            "learning_rate": chosen["hyperparameters"].get("train/learning_rate"),
+            "learning_rate": hyperparameters.get("train/learning_rate"),
         }
+        # A searched training way or query count: the learner meta-trains (further) at it.
+        sampled.update(sampled_training(hyperparameters))
+        task = training_task(task, sampled)
         keras.backend.clear_session()
         learner = self.components.build_learner(sampled, task, self.data["normalization"])
         load_weights(learner.weights, weights_path)

@@ -181,7 +181,6 @@ class Classification(TaskKind):
 
     def load(self, dataset, config):
         splits = dataset.load()
-        needs = config.k_shot + config.n_query
         check_episode_shapes(config, splits)
         channels = int(dataset.channels)
         budget = int(config.cache_memory) * 2**20
@@ -189,7 +188,11 @@ class Classification(TaskKind):
         # Evaluation sets are cached first: they are small and read most often per class.
         for split in ("val", "test", "train"):
             store = EpisodeImages(
-                getattr(splits, split), config.image_size, channels, needs, budget
+                getattr(splits, split),
+                config.image_size,
+                channels,
+                images_needed(config, split),
+                budget,
             )
             budget -= store.cached_bytes
             images[split] = store
@@ -276,7 +279,14 @@ class Regression(TaskKind):
     direction = "min"
     main_signature = "adapt_and_predict"
     column = "val MSE"
-    unused_settings = ("n_way", "train_n_way", "augment", "image_size")
+    unused_settings = (
+        "n_way",
+        "train_n_way",
+        "train_n_ways",
+        "train_n_queries",
+        "augment",
+        "image_size",
+    )
 
     def loss(self, outputs, labels):
         return regression_loss(outputs, labels)
@@ -345,27 +355,45 @@ class Regression(TaskKind):
         )
 
 
+def images_needed(config: Any, split: str) -> int:
+    """Images a class needs to serve in the split's episodes: K + Q (the largest searched Q)."""
+    queries = (
+        config.n_query,
+        *(getattr(config, "train_n_queries", ()) if split == "train" else ()),
+    )
+    return config.k_shot + max(queries)
+
+
 def check_episode_shapes(config: Any, splits: ClassSplits) -> None:
     """Fails if a class set cannot supply the requested episodes (before decoding anything).
 
     Classes with fewer than K + Q images are left out of episodes; what is
     left must still hold N classes.
     """
-    needs = config.k_shot + config.n_query
+    searched_ways = tuple(getattr(config, "train_n_ways", ()) or ())
     for split, class_set in splits.items():
+        needs = images_needed(config, split)
+        needs_flags = (
+            "--k_shot + --train_n_queries"
+            if needs > config.k_shot + config.n_query
+            else "--k_shot + --n_query"
+        )
         n_way = config.train_n_way if split == "train" else config.n_way
         flag = (
             "--train_n_way"
             if split == "train" and config.train_n_way != config.n_way
             else "--n_way"
         )
+        if split == "train" and searched_ways and max(searched_ways) > n_way:
+            # Every searched way must be drawable: the largest decides.
+            n_way, flag = max(searched_ways), "--train_n_ways"
         counts = class_set.counts
         if counts and max(counts) < needs:
             raise UsageError(
-                f"--k_shot + --n_query = {needs}: the meta-{split} classes of {config.dataset} "
+                f"{needs_flags} = {needs}: the meta-{split} classes of {config.dataset} "
                 f"have only {max(counts)} images each at most"
                 if min(counts) != max(counts)
-                else f"--k_shot + --n_query = {needs}: the meta-{split} classes of "
+                else f"{needs_flags} = {needs}: the meta-{split} classes of "
                 f"{config.dataset} have only {max(counts)} images each"
             )
         usable = sum(1 for count in counts if count >= needs)

@@ -418,7 +418,8 @@ class FewShotTuner(kt_adapter.BaseTuner):
             plan["steps"],
             plan["seconds"],
         )
-        learner = job.components.build_learner(sampled, job.task)
+        task = job.trial_task(sampled)
+        learner = job.components.build_learner(sampled, task)
         trainer = MetaTrainer(
             learner,
             job.normalization,
@@ -432,7 +433,14 @@ class FewShotTuner(kt_adapter.BaseTuner):
         # starts at the episode its checkpoint reached.
         resumed_steps = resume.step if resume is not None else 0
         start = resumed_steps * config.meta_batch_size
-        train_stream = job.episode_stream("train", seed, episodes.TRAIN_STREAM, start=start)
+        train_stream = job.episode_stream(
+            "train",
+            seed,
+            episodes.TRAIN_STREAM,
+            start=start,
+            train_n_way=sampled.get("train_n_way"),
+            train_n_query=sampled.get("train_n_query"),
+        )
         # One pipeline for the whole trial: its first episode builds the
         # variables, then is trained on like the rest.
         stream = iter(train_stream)
@@ -442,7 +450,7 @@ class FewShotTuner(kt_adapter.BaseTuner):
         violation = over_budget(record["parameters"], config.max_params)
         if violation:
             raise BudgetError(violation)
-        record["flops"] = backbone_flops(learner, job.task)
+        record["flops"] = backbone_flops(learner, task)
         checkpoint_path = job.run_dir.checkpoint_path(trial.trial_id)
         if resume is not None:
             try:
