@@ -187,6 +187,7 @@ def main() -> None:
                     ],
                     "final_source_trial": results["final"]["source_trial"],
                     "final_architecture": results["final"]["architecture"],
+                    "final_hyperparameters": results["final"]["hyperparameters"],
                     "final_train_seconds": round(results["final"]["final_train_seconds"], 1),
                 },
                 "default_hyperparameters": defaults,
