@@ -63,15 +63,19 @@ class Progress:
         self._write(
             f"metasearch{where}: {config.plugin} x {config.search_space} on {config.dataset}, "
             f"{self._trials_planned(config)} of {self._trial_length(config)} "
-            f"({self._training_ways(config)}-way {config.k_shot}-shot {config.n_query}-query), "
+            f"({self._training_episodes(config)}), "
             f"strategy {config.strategy}, {mode}{resumed}\n  output: {config.output_dir}\n"
         )
 
     @staticmethod
-    def _training_ways(config) -> str:
-        """`20`, or the searched ways `20/40/60`."""
+    def _training_episodes(config) -> str:
+        """`20-way 1-shot 15-query`, with searched choices as `20/40/60-way`."""
         ways = getattr(config, "train_n_ways", ()) or (config.train_n_way,)
-        return "/".join(str(way) for way in ways)
+        queries = getattr(config, "train_n_queries", ()) or (config.n_query,)
+        return (
+            f"{'/'.join(str(way) for way in ways)}-way {config.k_shot}-shot "
+            f"{'/'.join(str(query) for query in queries)}-query"
+        )
 
     @staticmethod
     def _trial_length(config) -> str:

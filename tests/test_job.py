@@ -41,6 +41,10 @@ def test_inner_optimizer_is_folded_into_the_fixed_hyperparameters():
         ({"n_way": 10}, "--n_way: applies only with a classification data set"),
         ({"train_n_way": 20}, "--train_n_way: applies only with a classification data set"),
         ({"train_n_ways": (5, 10)}, "--train_n_ways: applies only with a classification data set"),
+        (
+            {"train_n_queries": (5, 15)},
+            "--train_n_queries: applies only with a classification data set",
+        ),
         ({"augment": "affine"}, "--augment: applies only with a classification data set"),
     ],
 )
@@ -56,7 +60,16 @@ def test_classification_settings_are_refused_on_a_regression_data_set(tmp_path, 
         Job(config)
     assert not os.path.exists(tmp_path / "out" / "config.json")
     # At their defaults they are accepted (flagfiles of regression runs list them).
-    Job(config.replace(image_size=28, n_way=5, train_n_way=5, train_n_ways=(), augment="none"))
+    Job(
+        config.replace(
+            image_size=28,
+            n_way=5,
+            train_n_way=5,
+            train_n_ways=(),
+            train_n_queries=(),
+            augment="none",
+        )
+    )
 
 
 def test_the_validation_episodes_are_drawn_with_the_data_once_for_every_trial(tmp_path):
