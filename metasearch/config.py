@@ -200,12 +200,14 @@ class RunConfig:
         object.__setattr__(
             self,
             "train_n_ways",
-            _checked_choices(self.train_n_ways, "train_n_way", self.train_n_way, 2),
+            _checked_choices(
+                self.train_n_ways, "--train_n_ways", "train_n_way", self.train_n_way, 2
+            ),
         )
         object.__setattr__(
             self,
             "train_n_queries",
-            _checked_choices(self.train_n_queries, "n_query", self.n_query, 1),
+            _checked_choices(self.train_n_queries, "--train_n_queries", "n_query", self.n_query, 1),
         )
         if self.max_trials is None and self.time_budget is None:
             object.__setattr__(self, "max_trials", DEFAULT_MAX_TRIALS)
@@ -250,9 +252,13 @@ def searched_training_text(hyperparameters: dict[str, Any]) -> str:
     return " ".join(parts) + " training" if parts else ""
 
 
-def _checked_choices(values, default_flag: str, default: int, least: int) -> tuple[int, ...]:
-    """A searched training setting's choices (`--train_n_ways`, `--train_n_queries`), checked."""
-    flag = {"train_n_way": "--train_n_ways", "n_query": "--train_n_queries"}[default_flag]
+def _checked_choices(
+    values, flag: str, default_flag: str, default: int, least: int
+) -> tuple[int, ...]:
+    """A searched training setting's choices (`--train_n_ways`, `--train_n_queries`), checked.
+
+    The default configuration trains at `default` (`default_flag`'s value), so it must be one.
+    """
     choices = tuple(int(value) for value in values)
     text = ",".join(str(value) for value in choices)
     if choices and min(choices) < least:
