@@ -146,15 +146,19 @@ class Components:
         return learner
 
 
-# Searched meta-training settings: hyperparameter -> key in a sampled configuration.
-TRAINING_CHOICES = {"train/n_way": "train_n_way", "train/n_query": "train_n_query"}
+# Searched meta-training settings: hyperparameter -> (its key in a sampled
+# configuration, the `TaskSpec` field it sets).
+TRAINING_CHOICES = {
+    "train/n_way": ("train_n_way", "n_way"),
+    "train/n_query": ("train_n_query", "n_query"),
+}
 
 
 def training_task(task: TaskSpec | None, sampled: Mapping[str, Any]) -> TaskSpec | None:
     """`task` at a sampled configuration's searched meta-training way and query count."""
     changes = {
         field: int(sampled[key])
-        for field, key in (("n_way", "train_n_way"), ("n_query", "train_n_query"))
+        for key, field in TRAINING_CHOICES.values()
         if sampled.get(key) is not None
     }
     if task is None or not changes:
@@ -166,7 +170,7 @@ def sampled_training(hyperparameters: Mapping[str, Any]) -> dict[str, int]:
     """A trial record's searched training settings, keyed as `Components.sample` keys them."""
     return {
         key: int(hyperparameters[name])
-        for name, key in TRAINING_CHOICES.items()
+        for name, (key, _) in TRAINING_CHOICES.items()
         if hyperparameters.get(name) is not None
     }
 

@@ -354,10 +354,6 @@ class Job:
                 return f"trial {record['trial_id']} trained --plugin={plugin}"
         return None
 
-    def trial_task(self, sampled: dict[str, Any]):
-        """The meta-training task of a sampled configuration (its searched way and queries)."""
-        return training_task(self.task, sampled)
-
     def episode_stream(
         self,
         split: str,
@@ -403,7 +399,7 @@ class Job:
         hp.values = dict(values)
         sampled = self.components.sample(hp)
         keras.backend.clear_session()
-        task = self.trial_task(sampled)
+        task = training_task(self.task, sampled)
         learner = self.components.build_learner(sampled, task)
         build_variables(learner, task, self.normalization)
         parameters = count_parameters(learner)

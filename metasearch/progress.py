@@ -70,8 +70,8 @@ class Progress:
     @staticmethod
     def _training_episodes(config) -> str:
         """`20-way 1-shot 15-query`, with searched choices as `20/40/60-way`."""
-        ways = getattr(config, "train_n_ways", ()) or (config.train_n_way,)
-        queries = getattr(config, "train_n_queries", ()) or (config.n_query,)
+        ways = config.train_n_ways or (config.train_n_way,)
+        queries = config.train_n_queries or (config.n_query,)
         return (
             f"{'/'.join(str(way) for way in ways)}-way {config.k_shot}-shot "
             f"{'/'.join(str(query) for query in queries)}-query"

@@ -359,7 +359,7 @@ def images_needed(config: Any, split: str) -> int:
     """Images a class needs to serve in the split's episodes: K + Q (the largest searched Q)."""
     queries = (
         config.n_query,
-        *(getattr(config, "train_n_queries", ()) if split == "train" else ()),
+        *(config.train_n_queries if split == "train" else ()),
     )
     return config.k_shot + max(queries)
 
@@ -370,7 +370,7 @@ def check_episode_shapes(config: Any, splits: ClassSplits) -> None:
     Classes with fewer than K + Q images are left out of episodes; what is
     left must still hold N classes.
     """
-    searched_ways = tuple(getattr(config, "train_n_ways", ()) or ())
+    searched_ways = config.train_n_ways
     for split, class_set in splits.items():
         needs = images_needed(config, split)
         needs_flags = (

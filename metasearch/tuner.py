@@ -29,6 +29,7 @@ import numpy as np
 
 from metasearch import distributed, interrupts, kt_adapter, latency, racing, report, summaries
 from metasearch.budget import TimeBudget
+from metasearch.components import training_task
 from metasearch.data import episodes
 from metasearch.errors import DamagedFileError, MetasearchError, StorageError, UsageError
 from metasearch.flops import estimate_flops
@@ -418,7 +419,7 @@ class FewShotTuner(kt_adapter.BaseTuner):
             plan["steps"],
             plan["seconds"],
         )
-        task = job.trial_task(sampled)
+        task = training_task(job.task, sampled)
         learner = job.components.build_learner(sampled, task)
         trainer = MetaTrainer(
             learner,
