@@ -51,6 +51,8 @@ class Components:
         train_n_way: int | None = None,
         train_n_queries: tuple[int, ...] = (),
         n_query: int | None = None,
+        class_augments: tuple[str, ...] = (),
+        class_augment: str = "none",
     ):
         self.plugin_name, self.space_name, self.dataset_name = plugin, search_space, dataset
         try:
@@ -64,6 +66,9 @@ class Components:
         self.train_n_way = train_n_way
         self.train_n_queries = tuple(int(count) for count in train_n_queries)
         self.n_query = n_query
+        # The class augmentation's choices (searched as `train/class_augment`) and default.
+        self.class_augments = tuple(str(value) for value in class_augments)
+        self.class_augment = class_augment
         self.plugin: type[MetaLearner] = registry.load("plugin", plugin, "plugin")
         space_class: type[SearchSpace] = registry.load("search_space", search_space, "search_space")
         try:
@@ -91,6 +96,9 @@ class Components:
             train_n_way=config.get("train_n_way"),
             train_n_queries=tuple(config.get("train_n_queries") or ()),
             n_query=config.get("n_query"),
+            class_augments=tuple(config.get("class_augments") or ()),
+            # Runs written before --class_augment existed made no new classes.
+            class_augment=config.get("class_augment", "none"),
         )
 
     def task_kind(self) -> TaskKind:
@@ -121,6 +129,10 @@ class Components:
             sampled["train_n_query"] = hp.Choice(
                 "train/n_query", list(self.train_n_queries), default=self.n_query
             )
+        if self.class_augments:
+            sampled["train_class_augment"] = hp.Choice(
+                "train/class_augment", list(self.class_augments), default=self.class_augment
+            )
         return sampled
 
     def hyperparameters(self) -> dict[str, keras_tuner.engine.hyperparameters.HyperParameter]:
@@ -147,10 +159,11 @@ class Components:
 
 
 # Searched meta-training settings: hyperparameter -> (its key in a sampled
-# configuration, the `TaskSpec` field it sets).
+# configuration, the `TaskSpec` field it sets, or None: it changes only the episodes).
 TRAINING_CHOICES = {
     "train/n_way": ("train_n_way", "n_way"),
     "train/n_query": ("train_n_query", "n_query"),
+    "train/class_augment": ("train_class_augment", None),
 }
 
 
@@ -159,17 +172,17 @@ def training_task(task: TaskSpec | None, sampled: Mapping[str, Any]) -> TaskSpec
     changes = {
         field: int(sampled[key])
         for key, field in TRAINING_CHOICES.values()
-        if sampled.get(key) is not None
+        if field is not None and sampled.get(key) is not None
     }
     if task is None or not changes:
         return task
     return dataclasses.replace(task, **changes)
 
 
-def sampled_training(hyperparameters: Mapping[str, Any]) -> dict[str, int]:
+def sampled_training(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
     """A trial record's searched training settings, keyed as `Components.sample` keys them."""
     return {
-        key: int(hyperparameters[name])
+        key: hyperparameters[name]
         for name, (key, _) in TRAINING_CHOICES.items()
         if hyperparameters.get(name) is not None
     }

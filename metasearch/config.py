@@ -23,6 +23,8 @@ from metasearch.errors import UsageError
 
 # --precision's choices (`metasearch.precision`).
 PRECISIONS = ("auto", "float32", "bfloat16")
+# --class_augment's choices (`metasearch.data.episodes.sample_episode`).
+CLASS_AUGMENTS = ("none", "mirror")
 
 # Fields that change what a run computes. A rerun into an existing output
 # directory must agree on all of them; `max_trials` may grow to extend a search.
@@ -48,6 +50,8 @@ IDENTITY_FIELDS = (
     "train_n_ways",
     "train_n_queries",
     "augment",
+    "class_augment",
+    "class_augments",
     "meta_batch_size",
     "image_size",
     "seed",
@@ -104,7 +108,10 @@ class RunConfig:
     among those choices, and `train_n_queries` (e.g. `(5, 15)`) the
     meta-training query images per class, `train/n_query`; the default
     configuration trains at `train_n_way` and `n_query`, which must be among
-    them. Evaluation always uses `n_way` and `n_query`. `fix_hparams` maps hyperparameter names
+    them. Evaluation always uses `n_way` and `n_query`. `class_augment="mirror"`
+    adds every meta-training class's mirror image as a class of its own, and
+    `class_augments` (e.g. `("none", "mirror")`) searches it, as
+    `train/class_augment`. `fix_hparams` maps hyperparameter names
     (e.g. `conv_blocks/depth`) to values held fixed instead of searched.
     `inner_optimizer` (`sgd` or `learned`) pins the MAML family's inner-loop
     rule; it is folded into `fix_hparams` when the job starts. `cache_memory`
@@ -166,6 +173,8 @@ class RunConfig:
     train_n_ways: tuple[int, ...] = ()
     train_n_queries: tuple[int, ...] = ()
     augment: str = "none"
+    class_augment: str = "none"
+    class_augments: tuple[str, ...] = ()
     meta_batch_size: int = 1
     checkpoint_seconds: int = 120
     image_size: int = 28
@@ -200,14 +209,30 @@ class RunConfig:
         object.__setattr__(
             self,
             "train_n_ways",
-            _checked_choices(
+            _checked_counts(
                 self.train_n_ways, "--train_n_ways", "train_n_way", self.train_n_way, 2
             ),
         )
         object.__setattr__(
             self,
             "train_n_queries",
-            _checked_choices(self.train_n_queries, "--train_n_queries", "n_query", self.n_query, 1),
+            _checked_counts(self.train_n_queries, "--train_n_queries", "n_query", self.n_query, 1),
+        )
+        if self.class_augment not in CLASS_AUGMENTS:
+            raise UsageError(
+                f"--class_augment={self.class_augment}: must be one of {', '.join(CLASS_AUGMENTS)}"
+            )
+        augments = tuple(str(value) for value in self.class_augments)
+        for value in augments:
+            if value not in CLASS_AUGMENTS:
+                raise UsageError(
+                    f"--class_augments={','.join(augments)}: {value!r} is not one of "
+                    f"{', '.join(CLASS_AUGMENTS)}"
+                )
+        object.__setattr__(
+            self,
+            "class_augments",
+            _checked_choices(augments, "--class_augments", "class_augment", self.class_augment),
         )
         if self.max_trials is None and self.time_budget is None:
             object.__setattr__(self, "max_trials", DEFAULT_MAX_TRIALS)
@@ -246,23 +271,34 @@ class RunConfig:
 
 
 def searched_training_text(hyperparameters: dict[str, Any]) -> str:
-    """`60-way 5-query training` for a trial that searched them; "" if it did not."""
+    """`60-way 5-query training, mirrored classes` for a trial that searched them; "" if not."""
     way, query = hyperparameters.get("train/n_way"), hyperparameters.get("train/n_query")
     parts = [f"{way}-way"] * (way is not None) + [f"{query}-query"] * (query is not None)
-    return " ".join(parts) + " training" if parts else ""
+    text = " ".join(parts) + " training" if parts else ""
+    augment = hyperparameters.get("train/class_augment")
+    if augment is None:
+        return text
+    classes = "mirrored classes" if augment == "mirror" else "no mirrored classes"
+    return f"{text}, {classes}" if text else classes
 
 
-def _checked_choices(
+def _checked_counts(
     values, flag: str, default_flag: str, default: int, least: int
 ) -> tuple[int, ...]:
-    """A searched training setting's choices (`--train_n_ways`, `--train_n_queries`), checked.
+    """A searched count's choices (`--train_n_ways`, `--train_n_queries`): whole, >= `least`."""
+    choices = tuple(int(value) for value in values)
+    if choices and min(choices) < least:
+        text = ",".join(str(value) for value in choices)
+        raise UsageError(f"{flag}={text}: {min(choices)} is less than {least}")
+    return _checked_choices(choices, flag, default_flag, default)
+
+
+def _checked_choices(choices: tuple, flag: str, default_flag: str, default: Any) -> tuple:
+    """A searched training setting's choices, each once, with the default among them.
 
     The default configuration trains at `default` (`default_flag`'s value), so it must be one.
     """
-    choices = tuple(int(value) for value in values)
     text = ",".join(str(value) for value in choices)
-    if choices and min(choices) < least:
-        raise UsageError(f"{flag}={text}: {min(choices)} is less than {least}")
     if len(set(choices)) != len(choices):
         raise UsageError(f"{flag}={text}: a value is listed twice")
     if choices and default not in choices:

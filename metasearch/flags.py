@@ -23,7 +23,7 @@ from absl import flags
 
 from metasearch import options as options_lib
 from metasearch import registry
-from metasearch.config import PRECISIONS, RunConfig
+from metasearch.config import CLASS_AUGMENTS, PRECISIONS, RunConfig
 from metasearch.errors import UsageError
 
 FLAGS = flags.FLAGS
@@ -219,6 +219,21 @@ flags.DEFINE_enum(
     ["none", "affine"],
     "Meta-training image augmentation: affine redraws each image with a small random "
     "rotation, scale, shear and shift. Evaluation is never augmented.",
+)
+flags.DEFINE_enum(
+    "class_augment",
+    _default("class_augment"),
+    list(CLASS_AUGMENTS),
+    "New meta-training classes made from the training classes: mirror adds each class's "
+    "left-right mirror image as a class of its own (twice the classes). Off by default: a "
+    "mirror can be another real class (b and d). Evaluation never sees them.",
+)
+flags.DEFINE_list(
+    "class_augments",
+    [],
+    "Search --class_augment too: its choices (e.g. none,mirror), as hyperparameter "
+    "train/class_augment; the default configuration uses --class_augment, which must be one "
+    "of them. Empty: every trial uses --class_augment.",
 )
 flags.DEFINE_integer(
     "meta_batch_size",
@@ -423,6 +438,7 @@ def resolve() -> RunConfig:
     values["racing_rungs"] = parse_fractions(FLAGS.racing_rungs, "--racing_rungs")
     values["train_n_ways"] = parse_counts(FLAGS.train_n_ways, "--train_n_ways")
     values["train_n_queries"] = parse_counts(FLAGS.train_n_queries, "--train_n_queries")
+    values["class_augments"] = tuple(FLAGS.class_augments)
     values["overwrite"] = FLAGS.overwrite
     for kind, field in COMPONENT_KINDS.items():
         values[field] = component_options(kind, FLAGS[kind].value)

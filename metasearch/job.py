@@ -363,13 +363,15 @@ class Job:
         start: int = 0,
         train_n_way: int | None = None,
         train_n_query: int | None = None,
+        train_class_augment: str | None = None,
     ) -> tf.data.Dataset:
         """Episodes of one split: meta-training (`--train_n_way`, augmented) or evaluation.
 
         From index `start` of the stream (a resumed trial goes on where it stopped).
         Meta-training episodes have `train_n_way` classes and `train_n_query`
-        query images per class when given (a trial's searched values),
-        `--train_n_way` and `--n_query` otherwise. Finite evaluation
+        query images per class, and `train_class_augment`'s new classes, when
+        given (a trial's searched values); `--train_n_way`, `--n_query` and
+        `--class_augment` otherwise. Finite evaluation
         streams are built once and reused (every trial is scored on the same
         episodes), so no trial pays for building them again.
         """
@@ -379,6 +381,8 @@ class Job:
                 config = config.replace(train_n_way=int(train_n_way))
             if split == "train" and train_n_query is not None:
                 config = config.replace(n_query=int(train_n_query))
+            if split == "train" and train_class_augment is not None:
+                config = config.replace(class_augment=str(train_class_augment))
             return self.kind.episodes(self.data, config, split, seed, stream, count, start)
         key = (split, seed, stream, count, start)
         if key not in self._evaluation_streams:

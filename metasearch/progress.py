@@ -69,13 +69,22 @@ class Progress:
 
     @staticmethod
     def _training_episodes(config) -> str:
-        """`20-way 1-shot 15-query`, with searched choices as `20/40/60-way`."""
+        """`20-way 1-shot 15-query`, with searched choices as `20/40/60-way`.
+
+        New classes follow: `, mirrored classes` (`--class_augment`), or
+        `, mirrored classes searched` (`--class_augments`).
+        """
         ways = config.train_n_ways or (config.train_n_way,)
         queries = config.train_n_queries or (config.n_query,)
-        return (
+        text = (
             f"{'/'.join(str(way) for way in ways)}-way {config.k_shot}-shot "
             f"{'/'.join(str(query) for query in queries)}-query"
         )
+        if len(config.class_augments) > 1:
+            return f"{text}, mirrored classes searched"
+        if config.class_augment == "mirror":
+            return f"{text}, mirrored classes"
+        return text
 
     @staticmethod
     def _trial_length(config) -> str:

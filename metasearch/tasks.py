@@ -234,6 +234,7 @@ class Classification(TaskKind):
             count=count,
             start=start,
             augment=config.augment if training else "none",
+            class_augment=config.class_augment if training else "none",
         )
 
     def task_spec(self, config, data):
@@ -285,6 +286,8 @@ class Regression(TaskKind):
         "train_n_ways",
         "train_n_queries",
         "augment",
+        "class_augment",
+        "class_augments",
         "image_size",
     )
 

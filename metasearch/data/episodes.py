@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from metasearch import graphs
 from metasearch.api import ClassSet, Episode
+from metasearch.config import CLASS_AUGMENTS
 from metasearch.data.pipeline import EpisodeImages
 
 # Stream ids keep the random streams of different uses apart.
@@ -49,24 +50,39 @@ def episode_indices(
     class's count sort last, so with equal counts this is the plain
     per-class shuffle. Row `c` is the episode's class `c` (label `c`).
     """
+    return _episode_draw(images, index, n_way, k_shot, n_query, seed, stream, copies=1)[0]
+
+
+def _episode_draw(images, index, n_way, k_shot, n_query, seed, stream, copies: int):
+    """`(indices [N, K + Q], copy [N])`: `episode_indices` over `copies` copies of the classes.
+
+    Drawn class `d` of the `copies * C` is class `d mod C` in copy `d // C`;
+    with one copy the draw is exactly `episode_indices`'s.
+    """
     counts = tf.constant(images.counts, tf.int64)
     offsets = tf.constant(images.offsets, tf.int64)
     num_classes = tf.shape(counts)[0]
     key = episode_key(seed, stream, index)
     class_key, instance_key = tf.unstack(tf.random.experimental.stateless_split(key, num=2), axis=0)
-    classes = tf.argsort(tf.random.stateless_uniform([num_classes], class_key))[:n_way]
+    drawn = tf.argsort(tf.random.stateless_uniform([copies * num_classes], class_key))[:n_way]
+    classes, copy = drawn % num_classes, drawn // num_classes
     draws = tf.random.stateless_uniform([n_way, images.max_count], instance_key)
     beyond = (
         tf.range(images.max_count, dtype=tf.int64)[None, :] >= tf.gather(counts, classes)[:, None]
     )
     draws = tf.where(beyond, 2.0, draws)
     instances = tf.argsort(draws, axis=1)[:, : k_shot + n_query]
-    return tf.gather(offsets, classes)[:, None] + tf.cast(instances, tf.int64)
+    return tf.gather(offsets, classes)[:, None] + tf.cast(instances, tf.int64), copy
 
 
 def episode_labels(n_way: int, shots: int) -> tf.Tensor:
     """Labels `[n_way * shots]` of class-major images: 0 x shots, 1 x shots, ..."""
     return tf.repeat(tf.range(n_way, dtype=tf.int32), shots)
+
+
+# How many classes each `--class_augment` makes of one: "mirror" adds every
+# class's left-right mirror image as a class of its own.
+_CLASS_COPIES = {"none": 1, "mirror": 2}
 
 
 def sample_episode(
@@ -77,10 +93,23 @@ def sample_episode(
     n_query: int,
     seed: int,
     stream: int,
+    class_augment: str = "none",
 ) -> Episode:
-    """Builds episode `index`: the images at `episode_indices`, with their labels."""
-    flat = episode_indices(images, index, n_way, k_shot, n_query, seed, stream)
-    picked = images.images(flat)  # one request for the whole episode
+    """Builds episode `index`: the images at `episode_indices`, with their labels.
+
+    `class_augment="mirror"` draws the N classes from twice the class set:
+    each class and its left-right mirror image, a new class (task
+    augmentation; a class and its mirror may meet in one episode). With
+    `"none"` the episode is exactly the one `episode_indices` describes.
+    """
+    if class_augment not in CLASS_AUGMENTS:
+        raise ValueError(f"class_augment must be one of {CLASS_AUGMENTS}, got {class_augment!r}")
+    copies = _CLASS_COPIES[class_augment]
+    flat, copy = _episode_draw(images, index, n_way, k_shot, n_query, seed, stream, copies)
+    picked = images.images(flat)  # one request for the whole episode: [N, K + Q, h, w, c]
+    if class_augment == "mirror":
+        mirrored = tf.equal(copy, 1)[:, None, None, None, None]
+        picked = tf.where(mirrored, tf.reverse(picked, axis=[3]), picked)
     shape = tf.shape(picked)[2:]
     return Episode(
         support_images=tf.reshape(picked[:, :k_shot], tf.concat([[n_way * k_shot], shape], 0)),
@@ -139,19 +168,24 @@ def episode_dataset(
     count: int | None = None,
     start: int = 0,
     augment: str = "none",
+    class_augment: str = "none",
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` of `Episode`s: `count` of them, or endless if None.
 
     `images` is a class set's `EpisodeImages` (a `ClassSet` of generated
     arrays is wrapped as one). `augment="affine"` redraws every image with
-    `random_affine` (for meta-training; evaluation streams are never augmented).
+    `random_affine`, and `class_augment="mirror"` adds mirrored classes
+    (`sample_episode`); both for meta-training, evaluation streams are never
+    augmented.
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    if class_augment not in CLASS_AUGMENTS:
+        raise ValueError(f"class_augment must be one of {CLASS_AUGMENTS}, got {class_augment!r}")
     images = _episode_images(images, k_shot + n_query)
 
     def make(index):
-        episode = sample_episode(images, index, n_way, k_shot, n_query, seed, stream)
+        episode = sample_episode(images, index, n_way, k_shot, n_query, seed, stream, class_augment)
         if augment == "affine":
             key = episode_key(seed, stream + AUGMENT_STREAM_OFFSET, index)
             support_key, query_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
