@@ -80,9 +80,11 @@ def episode_labels(n_way: int, shots: int) -> tf.Tensor:
     return tf.repeat(tf.range(n_way, dtype=tf.int32), shots)
 
 
-# How many classes each `--class_augment` makes of one: "mirror" adds every
-# class's left-right mirror image as a class of its own.
-_CLASS_COPIES = {"none": 1, "mirror": 2}
+def _class_copies(class_augment: str) -> int:
+    """How many classes `class_augment` makes of one ("mirror": each and its mirror image)."""
+    if class_augment not in CLASS_AUGMENTS:
+        raise ValueError(f"class_augment must be one of {CLASS_AUGMENTS}, got {class_augment!r}")
+    return 2 if class_augment == "mirror" else 1
 
 
 def sample_episode(
@@ -102,9 +104,7 @@ def sample_episode(
     augmentation; a class and its mirror may meet in one episode). With
     `"none"` the episode is exactly the one `episode_indices` describes.
     """
-    if class_augment not in CLASS_AUGMENTS:
-        raise ValueError(f"class_augment must be one of {CLASS_AUGMENTS}, got {class_augment!r}")
-    copies = _CLASS_COPIES[class_augment]
+    copies = _class_copies(class_augment)
     flat, copy = _episode_draw(images, index, n_way, k_shot, n_query, seed, stream, copies)
     picked = images.images(flat)  # one request for the whole episode: [N, K + Q, h, w, c]
     if class_augment == "mirror":
@@ -180,8 +180,7 @@ def episode_dataset(
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
-    if class_augment not in CLASS_AUGMENTS:
-        raise ValueError(f"class_augment must be one of {CLASS_AUGMENTS}, got {class_augment!r}")
+    _class_copies(class_augment)  # an unknown one fails here, not inside the pipeline
     images = _episode_images(images, k_shot + n_query)
 
     def make(index):
