@@ -141,3 +141,25 @@ def run_cli_in_process(*args) -> subprocess.CompletedProcess:
     finally:
         ms_flags.FLAGS.unparse_flags()
     return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
+
+
+def random_search_with_final_phase(out: Path, seed: int, *flags) -> tuple[list[dict], dict]:
+    """A tiny 4-trial random search with FLAGS and a final phase, in process.
+
+    Returns its trial records in trial order and its final record; fails on a non-zero exit.
+    """
+    result = run_cli_in_process(
+        *TINY,
+        *flags,
+        "--strategy=random",
+        "--max_trials=4",
+        f"--seed={seed}",
+        "--final_top_k=1",
+        "--final_episodes=4",
+        f"--output_dir={out}",
+        "--noprogress",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = read_json(out / "results.json")
+    trials = sorted(results["trials"], key=lambda r: int(r["trial_id"]))
+    return trials, results["final"]

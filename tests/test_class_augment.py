@@ -12,7 +12,7 @@ from metasearch.config import RunConfig
 from metasearch.data import episodes
 from metasearch.errors import UsageError
 from metasearch.job import Job
-from tests.cli_support import TINY, read_json, run_cli_in_process
+from tests.cli_support import random_search_with_final_phase, run_cli_in_process
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -166,24 +166,11 @@ def test_each_trial_and_the_final_learner_train_at_their_searched_class_augment(
 
     monkeypatch.setattr(Job, "episode_stream", spy)
     out = tmp_path / "run"
-    result = run_cli_in_process(
-        *TINY,
-        "--class_augments=none,mirror",
-        "--strategy=random",
-        "--max_trials=4",
-        "--seed=1",
-        "--final_top_k=1",
-        "--final_episodes=4",
-        f"--output_dir={out}",
-        "--noprogress",
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    results = read_json(out / "results.json")
-    trials = sorted(results["trials"], key=lambda r: int(r["trial_id"]))
+    trials, final = random_search_with_final_phase(out, 1, "--class_augments=none,mirror")
     augments = [r["hyperparameters"]["train/class_augment"] for r in trials]
     assert augments[0] == "none"  # the default configuration first
     assert set(augments) == {"none", "mirror"}, augments  # this seed draws both
-    source = next(r for r in trials if r["trial_id"] == results["final"]["source_trial"])
+    source = next(r for r in trials if r["trial_id"] == final["source_trial"])
     # One training stream per trial, then the final phase's, each at its configuration's.
     assert streams == [*augments, source["hyperparameters"]["train/class_augment"]]
     leaderboard = (out / "leaderboard.txt").read_text()

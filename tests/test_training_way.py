@@ -8,7 +8,7 @@ from metasearch.components import Components
 from metasearch.config import RunConfig
 from metasearch.errors import UsageError
 from metasearch.job import Job
-from tests.cli_support import TINY, read_json, run_cli_in_process
+from tests.cli_support import random_search_with_final_phase, run_cli_in_process
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -100,28 +100,15 @@ def test_each_trial_and_the_final_learner_train_at_their_searched_episodes(tmp_p
 
     monkeypatch.setattr(Job, "episode_stream", spy)
     out = tmp_path / "run"
-    result = run_cli_in_process(
-        *TINY,
-        "--train_n_ways=5,10",
-        "--train_n_queries=2,3",
-        "--strategy=random",
-        "--max_trials=4",
-        "--seed=3",
-        "--final_top_k=1",
-        "--final_episodes=4",
-        f"--output_dir={out}",
-        "--noprogress",
+    trials, final = random_search_with_final_phase(
+        out, 3, "--train_n_ways=5,10", "--train_n_queries=2,3"
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    results = read_json(out / "results.json")
-    trials = sorted(results["trials"], key=lambda r: int(r["trial_id"]))
     episodes = [
         (r["hyperparameters"]["train/n_way"], r["hyperparameters"]["train/n_query"]) for r in trials
     ]
     assert episodes[0] == (5, 3)  # the default configuration first (--n_query=3)
     # This seed draws both ways and both query counts.
     assert {e[0] for e in episodes} == {5, 10} and {e[1] for e in episodes} == {2, 3}, episodes
-    final = results["final"]
     source = next(r for r in trials if r["trial_id"] == final["source_trial"])
     chosen = (source["hyperparameters"]["train/n_way"], source["hyperparameters"]["train/n_query"])
     # One training stream per trial, then the final phase's, each at its configuration's.
