@@ -159,11 +159,12 @@ class Components:
 
 
 # Searched meta-training settings: hyperparameter -> (its key in a sampled
-# configuration, the `TaskSpec` field it sets, or None: it changes only the episodes).
+# configuration, the `RunConfig` field whose flag it replaces for meta-training
+# episodes, the `TaskSpec` field it sets or None: it changes only the episodes).
 TRAINING_CHOICES = {
-    "train/n_way": ("train_n_way", "n_way"),
-    "train/n_query": ("train_n_query", "n_query"),
-    "train/class_augment": ("train_class_augment", None),
+    "train/n_way": ("train_n_way", "train_n_way", "n_way"),
+    "train/n_query": ("train_n_query", "n_query", "n_query"),
+    "train/class_augment": ("train_class_augment", "class_augment", None),
 }
 
 
@@ -171,7 +172,7 @@ def training_task(task: TaskSpec | None, sampled: Mapping[str, Any]) -> TaskSpec
     """`task` at a sampled configuration's searched meta-training way and query count."""
     changes = {
         field: int(sampled[key])
-        for key, field in TRAINING_CHOICES.values()
+        for key, _, field in TRAINING_CHOICES.values()
         if field is not None and sampled.get(key) is not None
     }
     if task is None or not changes:
@@ -183,8 +184,20 @@ def sampled_training(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
     """A trial record's searched training settings, keyed as `Components.sample` keys them."""
     return {
         key: hyperparameters[name]
-        for name, (key, _) in TRAINING_CHOICES.items()
+        for name, (key, _, _) in TRAINING_CHOICES.items()
         if hyperparameters.get(name) is not None
+    }
+
+
+def training_config(sampled: Mapping[str, Any]) -> dict[str, Any]:
+    """The `RunConfig` fields a configuration's searched training settings replace.
+
+    `sampled` is keyed as `Components.sample` keys them (or is `sampled_training`'s).
+    """
+    return {
+        field: sampled[key]
+        for key, field, _ in TRAINING_CHOICES.values()
+        if sampled.get(key) is not None
     }
 
 

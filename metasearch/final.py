@@ -292,7 +292,7 @@ def _train_further(job: Job, learner, record, allowance, index: int) -> dict[str
         "train",
         derived_seed(config.seed, f"final {index}"),
         episodes.TRAIN_STREAM,
-        **sampled_training(record["hyperparameters"]),
+        training=sampled_training(record["hyperparameters"]),
     )
     by_time = allowance[0] == "seconds"
     steps = None if by_time else max(1, math.ceil(allowance[1] / config.meta_batch_size))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import keras_tuner
@@ -23,6 +24,7 @@ from metasearch.components import (
     Components,
     build_variables,
     fixed_hyperparameters,
+    training_config,
     training_task,
     with_inner_optimizer,
 )
@@ -361,28 +363,22 @@ class Job:
         stream: int,
         count: int | None = None,
         start: int = 0,
-        train_n_way: int | None = None,
-        train_n_query: int | None = None,
-        train_class_augment: str | None = None,
+        training: Mapping[str, Any] | None = None,
     ) -> tf.data.Dataset:
         """Episodes of one split: meta-training (`--train_n_way`, augmented) or evaluation.
 
         From index `start` of the stream (a resumed trial goes on where it stopped).
-        Meta-training episodes have `train_n_way` classes and `train_n_query`
-        query images per class, and `train_class_augment`'s new classes, when
-        given (a trial's searched values); `--train_n_way`, `--n_query` and
-        `--class_augment` otherwise. Finite evaluation
+        Meta-training episodes follow `training`'s searched settings where it
+        has them (a sampled configuration, or `sampled_training` of a trial
+        record: way, query images per class, new classes), the flags
+        (`--train_n_way`, `--n_query`, `--class_augment`) otherwise. Finite evaluation
         streams are built once and reused (every trial is scored on the same
         episodes), so no trial pays for building them again.
         """
         if split == "train" or count is None:
             config = self.config
-            if split == "train" and train_n_way is not None:
-                config = config.replace(train_n_way=int(train_n_way))
-            if split == "train" and train_n_query is not None:
-                config = config.replace(n_query=int(train_n_query))
-            if split == "train" and train_class_augment is not None:
-                config = config.replace(class_augment=str(train_class_augment))
+            if split == "train" and training:
+                config = config.replace(**training_config(training))
             return self.kind.episodes(self.data, config, split, seed, stream, count, start)
         key = (split, seed, stream, count, start)
         if key not in self._evaluation_streams:

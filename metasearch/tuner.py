@@ -29,7 +29,7 @@ import numpy as np
 
 from metasearch import distributed, interrupts, kt_adapter, latency, racing, report, summaries
 from metasearch.budget import TimeBudget
-from metasearch.components import TRAINING_CHOICES, training_task
+from metasearch.components import training_task
 from metasearch.data import episodes
 from metasearch.errors import DamagedFileError, MetasearchError, StorageError, UsageError
 from metasearch.flops import estimate_flops
@@ -439,8 +439,7 @@ class FewShotTuner(kt_adapter.BaseTuner):
             seed,
             episodes.TRAIN_STREAM,
             start=start,
-            # The trial's searched training settings (way, queries, new classes), if any.
-            **{key: sampled.get(key) for key, _ in TRAINING_CHOICES.values()},
+            training=sampled,  # the trial's searched way, queries and new classes, if any
         )
         # One pipeline for the whole trial: its first episode builds the
         # variables, then is trained on like the rest.

@@ -146,7 +146,9 @@ def test_the_job_draws_a_trials_training_episodes_at_its_class_augment(tmp_path,
 
     monkeypatch.setattr(episodes, "episode_dataset", spy)
     job = Job(RunConfig(output_dir=str(tmp_path / "out"), class_augments=("none", "mirror")))
-    job.episode_stream("train", 0, episodes.TRAIN_STREAM, train_class_augment="mirror")
+    job.episode_stream(
+        "train", 0, episodes.TRAIN_STREAM, training={"train_class_augment": "mirror"}
+    )
     job.episode_stream("train", 0, episodes.TRAIN_STREAM)
     job.episode_stream("val", 0, episodes.VAL_STREAM)  # evaluation: never new classes
     assert asked == ["mirror", "none", "none"]
@@ -159,10 +161,10 @@ def test_each_trial_and_the_final_learner_train_at_their_searched_class_augment(
     streams = []  # the class augment each training stream was asked for
     original = Job.episode_stream
 
-    def spy(self, split, *args, train_class_augment=None, **kwargs):
+    def spy(self, split, *args, training=None, **kwargs):
         if split == "train":
-            streams.append(train_class_augment)
-        return original(self, split, *args, train_class_augment=train_class_augment, **kwargs)
+            streams.append((training or {}).get("train_class_augment"))
+        return original(self, split, *args, training=training, **kwargs)
 
     monkeypatch.setattr(Job, "episode_stream", spy)
     out = tmp_path / "run"

@@ -86,16 +86,13 @@ def test_each_trial_and_the_final_learner_train_at_their_searched_episodes(tmp_p
     streams = []  # ((way, queries) asked for, (way, queries) of the episodes yielded)
     original = Job.episode_stream
 
-    def spy(
-        self, split, seed, stream, count=None, start=0, train_n_way=None, train_n_query=None, **kw
-    ):
-        episodes = original(
-            self, split, seed, stream, count, start, train_n_way, train_n_query, **kw
-        )
+    def spy(self, split, seed, stream, count=None, start=0, training=None):
+        episodes = original(self, split, seed, stream, count, start, training)
         if split == "train":
             way = episodes.element_spec.support_labels.shape[0]  # 1-shot
             queries = episodes.element_spec.query_labels.shape[0] // way
-            streams.append(((train_n_way, train_n_query), (way, queries)))
+            asked = (training or {}).get("train_n_way"), (training or {}).get("train_n_query")
+            streams.append((asked, (way, queries)))
         return episodes
 
     monkeypatch.setattr(Job, "episode_stream", spy)
