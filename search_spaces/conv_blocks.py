@@ -2,7 +2,11 @@
 
 Each block is 3x3 conv (without a bias: batch norm follows), batch norm, ReLU
 and 2x2 max pooling (pooling stops once the feature map is 1x1); features are
-flattened. With depth 4 and 64
+flattened. The pooling runs before the ReLU: the two commute (ReLU is
+monotonic), so outputs and gradients are the same, and the ReLU and its
+gradient then run on a quarter of the values. On CPU that made a conv4-64
+training step 5-8% faster in bfloat16 (where TensorFlow's ReLU gradient has
+no oneDNN kernel) and up to 5% in float32. With depth 4 and 64
 filters throughout this is the classic "conv4-64" of Prototypical and
 Matching networks and MAML. The search samples the depth, the first block's
 width and how widths grow from block to block.
@@ -33,7 +37,7 @@ def block_widths(config: Config) -> list[int]:
 
 
 class ConvBlocks(SearchSpace):
-    """Stacks of conv-BN-ReLU-pool blocks (depth, widths)."""
+    """Stacks of conv-BN-ReLU-pool blocks (depth, widths; pooled before the ReLU)."""
 
     def sample_config(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
         return {
@@ -58,10 +62,10 @@ class ConvBlocks(SearchSpace):
             # Momentum 0.9: a trial sees only hundreds of episodes, and the
             # running statistics must have settled by evaluation.
             x = FusedBatchNormalization(momentum=0.9, name=f"block{index}_bn")(x)
-            x = keras.layers.ReLU(name=f"block{index}_relu")(x)
             if size >= 2:
                 x = MaxPooling2D(2, name=f"block{index}_pool")(x)
                 size //= 2
+            x = keras.layers.ReLU(name=f"block{index}_relu")(x)
         x = keras.layers.Flatten(name="flatten")(x)
         return keras.Model(inputs, x, name="conv_blocks")
 
