@@ -239,6 +239,13 @@ class MetaLearner(keras.layers.Layer, abc.ABC):
     # distinct image of its episodes once and scores every episode from those
     # embeddings (the conformance suite checks that the two give the same).
     EMBEDS_IMAGES_INDEPENDENTLY: bool = False
+    # What a meta-training step is made of, for the core's CPU threading
+    # (`metasearch.threads`): "small" ops in long chains with independent branches
+    # (an inner loop of gradient steps on a few support images; on small episodes the
+    # core then runs each op on one thread and ops side by side), or "large" ops
+    # (embedding whole episodes; each op is split across the cores). Only speed depends
+    # on it.
+    STEP_OPS: str = "large"
 
     @classmethod
     @abc.abstractmethod

@@ -139,8 +139,14 @@ class RunConfig:
     then scores the chosen one on `test_episodes` meta-test episodes.
 
     `precision` is the backbones' (`metasearch.precision`: `bfloat16`
-    computes in bfloat16 with float32 weights; `auto` is float32); it is part
-    of the identity.
+    computes in bfloat16 with float32 weights; `auto` is bfloat16 for image
+    classification on a CPU with AMX-BF16 and no GPU, else float32, resolved
+    when a run starts and recorded); it is part of the identity.
+
+    `intra_op_threads` is how many threads split each TensorFlow op
+    (`metasearch.threads`; 0: auto, one for small-op learners on small
+    episodes on CPU, else every core); like `devices`, not part of the
+    identity.
 
     `devices` splits each meta-training step's `meta_batch_size` episodes
     across that many devices (`metasearch.devices`; the same results as one
@@ -184,6 +190,7 @@ class RunConfig:
     jit_compile: str = "auto"
     precision: str = "auto"
     devices: int = 1
+    intra_op_threads: int = 0
     progress: bool = True
     worker_timeout: int = 120
     cache_memory: int = 8192
@@ -236,6 +243,10 @@ class RunConfig:
         )
         if self.max_trials is None and self.time_budget is None:
             object.__setattr__(self, "max_trials", DEFAULT_MAX_TRIALS)
+        if self.intra_op_threads < 0:
+            raise UsageError(
+                f"--intra_op_threads={self.intra_op_threads}: must be 0 (auto) or a thread count"
+            )
         if self.devices < 1:
             raise UsageError(f"--devices={self.devices}: must be at least 1")
         if self.meta_batch_size % self.devices:
@@ -382,6 +393,7 @@ _NOT_IDENTITY_FLAGS = (
     "output_dir",
     "jit_compile",
     "devices",
+    "intra_op_threads",
     "progress",
     "noprogress",
     "worker_timeout",

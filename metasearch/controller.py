@@ -27,6 +27,7 @@ from metasearch import (
     plots,
     report,
     strategies,
+    threads,
 )
 from metasearch.budget import TimeBudget
 from metasearch.config import RunConfig
@@ -107,9 +108,12 @@ def search(config: RunConfig, out: TextIO = sys.stdout) -> SearchResult:
     (the running trial is handed back; rerunning resumes).
     """
     role = distributed.role()
-    # Before any TensorFlow op runs: splitting the CPU into --devices logical devices.
+    # Before any TensorFlow op runs: splitting the CPU into --devices logical devices,
+    # and the intra-op thread count (`metasearch.threads`).
     devices.configure(config.devices)
+    intra_op_threads = threads.configure_run(config)
     job = Job(config, role)
+    job.intra_op_threads = intra_op_threads
     if role == "worker":  # workers coordinate through the chief, which holds the lock
         return _search(job, role, out)
     with RunLock(job.config.output_dir, "search") as lock:
@@ -147,7 +151,12 @@ def _search(job: Job, role: str, out: TextIO) -> SearchResult:
         for trial_id, why in job.run_dir.damaged_trials().items():
             out.write(f"note: trial {trial_id} {why}; the search goes on without it\n")
     progress.search_started(
-        config, job.jit_compile, done=done, role=role, precision=job.components.precision
+        config,
+        job.jit_compile,
+        done=done,
+        role=role,
+        precision=job.components.precision,
+        intra_op_threads=job.intra_op_threads,
     )
     final_record = None
     try:

@@ -112,6 +112,8 @@ class GradientMetaLearner(MetaLearner):
     DEFAULT_HEAD_INIT = "learned"
     INNER_OPTIMIZER: str | None = None
     TASK_KINDS = (CLASSIFICATION, REGRESSION)
+    # The inner loop: a chain of small ops on the support set (`metasearch.threads`).
+    STEP_OPS = "small"
 
     @classmethod
     def sample_config(cls, hp: keras_tuner.HyperParameters) -> dict[str, Any]:

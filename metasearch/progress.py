@@ -47,6 +47,7 @@ class Progress:
         done: int = 0,
         role: str = "local",
         precision: str = "float32",
+        intra_op_threads: int = 0,
     ) -> None:
         resumed = f", resuming after {done} finished trials" if done else ""
         where = "" if role == "local" else f" [{role}]"
@@ -60,6 +61,8 @@ class Progress:
         mode = ("XLA" if jit_compile else "graph mode") + (
             f", {precision}" if precision != "float32" else ""
         )
+        if intra_op_threads:  # 0: TensorFlow's default, every core per op
+            mode += f", {intra_op_threads} thread{'s' * (intra_op_threads != 1)} per op"
         self._write(
             f"metasearch{where}: {config.plugin} x {config.search_space} on {config.dataset}, "
             f"{self._trials_planned(config)} of {self._trial_length(config)} "

@@ -49,3 +49,6 @@ class ANIL(GradientMetaLearner):
 
     NAME = "anil"
     HEAD_ONLY = True
+    # Its inner loop adapts the head on features: the backbone's passes dominate
+    # (measured level either way; `metasearch.threads`).
+    STEP_OPS = "large"
