@@ -19,7 +19,7 @@ from metasearch import options as options_lib
 from metasearch import registry
 from metasearch.api import Dataset, MetaLearner, SearchSpace, TaskSpec
 from metasearch.errors import UsageError
-from metasearch.precision import build_backbone, resolve_precision
+from metasearch.precision import build_backbone, recorded_precision, resolve_precision
 from metasearch.tasks import TaskKind, kind_of
 from metasearch.training import MetaTrainer
 
@@ -55,10 +55,6 @@ class Components:
         class_augment: str = "none",
     ):
         self.plugin_name, self.space_name, self.dataset_name = plugin, search_space, dataset
-        try:
-            self.precision = resolve_precision(precision)
-        except ValueError as error:
-            raise UsageError(f"--precision: {error}") from None
         self.trains = trains
         # The meta-training way's and query count's choices (searched as `train/n_way`
         # and `train/n_query`) and their defaults.
@@ -76,6 +72,10 @@ class Components:
         except ValueError as error:
             raise UsageError(f"--search_space={search_space}: {error}") from None
         self.dataset: type[Dataset] = registry.load("dataset", dataset, "dataset")
+        try:
+            self.precision = resolve_precision(precision, self.dataset.kind)
+        except ValueError as error:
+            raise UsageError(f"--precision: {error}") from None
         self.plugin_options = options_lib.resolve(
             self.plugin.OPTIONS, plugin_options, f"--plugin={plugin}", flag_prefix=plugin
         )
@@ -90,8 +90,9 @@ class Components:
             config.get("space_options"),
             trains=config.get("evaluator", "train") == "train",
             plugin_options=config.get("plugin_options"),
-            # Runs written before --precision existed trained in float32.
-            precision=config.get("precision", "float32"),
+            # Runs written before --precision existed trained in float32, and so did
+            # runs that recorded `auto` (before it could mean bfloat16).
+            precision=recorded_precision(config),
             train_n_ways=tuple(config.get("train_n_ways") or ()),
             train_n_way=config.get("train_n_way"),
             train_n_queries=tuple(config.get("train_n_queries") or ()),

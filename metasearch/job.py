@@ -37,6 +37,7 @@ from metasearch.config import (
 )
 from metasearch.data.episodes import VAL_STREAM, EvaluationEpisodes
 from metasearch.errors import DamagedFileError, UsageError
+from metasearch.precision import LEGACY_AUTO, resolve_precision
 from metasearch.rundir import CONFIG_FILE, DAMAGED, DATASET_FILE, FLAGS_FILE, RunDir
 from metasearch.tasks import TaskData, TaskKind, kind_of
 from metasearch.training import count_parameters, resolve_jit_compile
@@ -183,6 +184,29 @@ def resolve_config(config: RunConfig) -> RunConfig:
     )
 
 
+def run_precision(config: RunConfig) -> str:
+    """The precision a training run of `config` trains at (`metasearch.precision`).
+
+    `auto` resolves for the data set's kind of task on this machine, except
+    when it continues a run that recorded `auto` (before `auto` could mean
+    bfloat16): that run goes on in float32, as it started.
+    """
+    if str(config.precision).lower() == "auto" and not config.overwrite:
+        run_dir = RunDir(config.output_dir)
+        if run_dir.has_run():
+            try:
+                recorded = run_dir.read_config()["identity"].get("precision")
+            except (OSError, DamagedFileError, KeyError, AttributeError):
+                recorded = None  # damaged: `check_same_run` judges the run
+            if recorded == "auto":
+                return LEGACY_AUTO
+    kind = registry.load("dataset", config.dataset, "dataset").kind
+    try:
+        return resolve_precision(config.precision, kind)
+    except ValueError as error:
+        raise UsageError(f"--precision: {error}") from None
+
+
 class Job:
     """A validated search: components, data (or table), task kind and output directory.
 
@@ -194,8 +218,14 @@ class Job:
         self.role = role
         # Lines for the user about what was found and repaired (e.g. a rebuilt config.json).
         self.notes: list[str] = []
+        # TensorFlow's intra-op thread count in use (0: its default), which
+        # `controller.search` sets before the job starts (`metasearch.threads`).
+        self.intra_op_threads = 0
         self.trains = config.evaluator == "train"
         config = resolve_config(config)
+        if self.trains:
+            # `auto` resolves here, once: the run records what it trains at.
+            config = config.replace(precision=run_precision(config))
         self.components = Components.from_config(config.to_json())
         # The search space and plugin options, complete, are part of the run's identity.
         config = config.replace(
@@ -293,6 +323,8 @@ class Job:
         # A setting newer than the run ran at its default then: compare with the default.
         defaults = json.loads(json.dumps(RunConfig().identity()))
         previous = {**{k: v for k, v in defaults.items() if k not in previous}, **previous}
+        if previous.get("precision") == "auto" and current.get("precision") != "auto":
+            previous["precision"] = LEGACY_AUTO  # recorded before `auto` was resolved
         if previous != current:
             raise UsageError(
                 f"--output_dir: {config.output_dir} holds a run with a different configuration "

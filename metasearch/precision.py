@@ -11,8 +11,15 @@ on it (distances, softmaxes, inner-loop heads, losses) runs in float32, and
 plugins stay unaware of the precision. bfloat16 keeps float32's exponent
 range, so no loss scaling is needed.
 
-`auto` resolves to float32 (bfloat16 is an opt-in; its speed and accuracy
-are measured by benchmarks/throughput.py and benchmarks/omniglot_small.py).
+`auto` resolves, once per run (`resolve_precision`, recorded in the run's
+configuration so a rerun repeats it), to bfloat16 for image classification
+on a CPU that multiplies bfloat16 natively (AMX-BF16, `native_bfloat16_cpu`)
+and no GPU, and to float32 everywhere else: regression (small MLPs, where
+bfloat16 saves nothing and costs precision), GPUs (not measured yet) and
+CPUs without AMX (measured: no gain). Speed and accuracy are measured by
+benchmarks/throughput.py, benchmarks/omniglot_small.py and
+benchmarks/sinusoid.py; runs recorded before `auto` could mean bfloat16
+keep float32 (`LEGACY_AUTO`).
 """
 
 from __future__ import annotations
@@ -20,23 +27,59 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import tensorflow as tf
 
+from metasearch.api import CLASSIFICATION
 from metasearch.config import PRECISIONS
 
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 _MAX_POOLING = (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D)
 
 
-def resolve_precision(setting: str) -> str:
+# What `auto` meant in runs recorded before it could resolve to bfloat16.
+LEGACY_AUTO = "float32"
+
+
+def native_bfloat16_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively: AMX-BF16 in its flags (Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(
+    setting: str, task_kind: str = CLASSIFICATION, gpus: int | None = None
+) -> str:
     """`float32` or `bfloat16` for a `--precision` setting (ValueError names the choices).
 
-    `auto` is float32 for now: bfloat16 is an opt-in until its accuracy is
-    measured for every plugin (the MAML family's inner loops, regression).
+    `auto` is bfloat16 for `task_kind` classification (image backbones) on a
+    CPU with AMX-BF16 when there are no `gpus` (None: this machine's),
+    float32 otherwise.
     """
     value = str(setting).lower()
     if value not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {setting!r}")
-    return "float32" if value == "auto" else value
+    if value != "auto":
+        return value
+    if gpus is None:
+        gpus = len(tf.config.list_physical_devices("GPU"))
+    fast = task_kind == CLASSIFICATION and not gpus and native_bfloat16_cpu()
+    return "bfloat16" if fast else "float32"
+
+
+def recorded_precision(config) -> str:
+    """The precision a run's recorded configuration (`config.json`'s) trained at.
+
+    A run records its resolved precision; runs written before `--precision`
+    existed, or while `auto` always meant float32, trained in float32.
+    """
+    value = str(config.get("precision", LEGACY_AUTO)).lower()
+    return LEGACY_AUTO if value == "auto" else value
 
 
 def build_backbone(space, config: Any, input_shape, precision: str = "float32") -> keras.Model:

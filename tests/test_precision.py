@@ -10,12 +10,12 @@ import pytest
 import tensorflow as tf
 
 from cli_support import TINY, run_cli_in_process
-from metasearch import testing
+from metasearch import precision, testing
 from metasearch.components import Components
 from metasearch.config import RunConfig
 from metasearch.errors import UsageError
 from metasearch.layers import FusedBatchNormalization
-from metasearch.precision import build_backbone, resolve_precision
+from metasearch.precision import build_backbone, recorded_precision, resolve_precision
 from metasearch.search_spaces.conv_blocks import ConvBlocks
 
 CONV3_16 = {"depth": 3, "filters": 16, "growth": 1.0, "conv_bias": False}
@@ -29,13 +29,38 @@ def _backbones():
     return full, mixed
 
 
-def test_auto_is_float32_and_unknown_precisions_are_refused():
-    assert resolve_precision("auto") == "float32"
-    assert resolve_precision("BFloat16") == "bfloat16"
+def test_auto_is_bfloat16_only_for_image_classification_on_an_amx_cpu_without_gpus(monkeypatch):
+    monkeypatch.setattr(precision, "native_bfloat16_cpu", lambda: True)
+    assert resolve_precision("auto", "classification", gpus=0) == "bfloat16"
+    assert resolve_precision("AUTO", "classification", gpus=0) == "bfloat16"
+    assert resolve_precision("auto", "regression", gpus=0) == "float32"
+    assert resolve_precision("auto", "classification", gpus=1) == "float32"
+    monkeypatch.setattr(precision, "native_bfloat16_cpu", lambda: False)
+    assert resolve_precision("auto", "classification", gpus=0) == "float32"
+    # Explicit settings are what they say, anywhere.
+    assert resolve_precision("BFloat16", "regression", gpus=1) == "bfloat16"
+    assert resolve_precision("float32", "classification", gpus=0) == "float32"
     with pytest.raises(ValueError, match="auto, float32, bfloat16"):
         resolve_precision("fp8")
     with pytest.raises(UsageError, match="--precision=fp16: must be one of"):
         RunConfig(precision="fp16")
+
+
+def test_a_native_bfloat16_cpu_is_one_whose_flags_have_amx_bf16(tmp_path):
+    amx, avx = tmp_path / "amx", tmp_path / "avx"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    avx.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile\n")
+    assert precision.native_bfloat16_cpu(str(amx))
+    assert not precision.native_bfloat16_cpu(str(avx))
+    assert not precision.native_bfloat16_cpu(str(tmp_path / "missing"))
+
+
+def test_recorded_runs_rebuild_at_what_they_trained_at():
+    assert recorded_precision({"precision": "bfloat16"}) == "bfloat16"
+    assert recorded_precision({"precision": "float32"}) == "float32"
+    # Before --precision existed, and while `auto` always meant float32.
+    assert recorded_precision({}) == "float32"
+    assert recorded_precision({"precision": "auto"}) == "float32"
 
 
 def test_a_bfloat16_backbone_convolves_in_bfloat16_keeps_float32_weights_and_their_names():
@@ -120,6 +145,19 @@ def test_the_cli_records_the_precision_and_trials_rebuild_at_it(tmp_path):
         f"--output_dir={out}",
     )
     assert again.returncode == 2 and "--precision" in again.stderr, again.stderr[-2000:]
+    # A run recorded with `auto` (before it could mean bfloat16) goes on in float32 when
+    # rerun with `auto`, and records that.
+    recorded = json.loads((out / "config.json").read_text())
+    recorded["identity"]["precision"] = recorded["config"]["precision"] = "auto"
+    (out / "config.json").write_text(json.dumps(recorded))
+    (out / "flags.txt").write_text(
+        (out / "flags.txt").read_text().replace("--precision=bfloat16", "--precision=auto")
+    )
+    legacy = run_cli_in_process(
+        *TINY, "--max_trials=1", "--final_top_k=0", "--noprogress", f"--output_dir={out}"
+    )
+    assert legacy.returncode == 0, legacy.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["identity"]["precision"] == "float32"
 
 
 def test_a_bad_precision_flag_is_one_line(tmp_path):
