@@ -14,16 +14,26 @@ graph mode and for XLA (`jit_compile=True`), and which mode
   when it was set).
 * `--peers`: the same three steps in eager PyTorch (`benchmarks/peers/`, run
   as a subprocess with `--peers_python`, a Python that has PyTorch; never a
-  dependency of metasearch), timed the same way with as many threads as
-  TensorFlow uses, right after metasearch's own measurement of each step; a
+  dependency of metasearch), timed the same way right after metasearch's own measurement of each step; a
   `peers` key then holds per step metasearch's default-mode rate, PyTorch's
   and their ratio, each step's share of the CPU's fp32 matmul peak (measured
   here), both sides' first loss, the peer's MAML gradient check and the load
-  average before and after. See benchmarks/peers/README.md.
+  average before and after. See benchmarks/peers/README.md. PyTorch runs on
+  every core per op (its default, and its fastest here).
+
+TensorFlow's intra-op threads follow metasearch's `--intra_op_threads=auto`
+(`metasearch.threads`): every core per op for ProtoNet, one thread per op
+(ops side by side) for MAML's small ops. They are fixed when TensorFlow
+starts, so the default `--only all` times ProtoNet and MAML in a child
+process each and merges their JSON; `--intra_op_threads N` sets them for both.
+`--precision` defaults to `auto` too, what a search picks for image
+classification here (bfloat16 on a CPU with AMX-BF16 and no GPU): the
+default mode the ratios are judged in.
 
     python benchmarks/throughput.py [--only all|protonet|maml] [--handwritten]
         [--episodes 300] [--maml_tasks 60] [--repeats 3]
         [--peers [--peers_python /work/peers_venv/bin/python]]
+        [--precision float32|bfloat16] [--intra_op_threads 0]
 """
 
 from __future__ import annotations
@@ -47,11 +57,12 @@ def _import_tensorflow() -> None:
     """TensorFlow and metasearch, imported once the arguments are parsed (`--help` is instant)."""
     global keras, tf, DatasetOptions, TaskSpec, episodes, Glyphs, normalize
     global FOMAML, MAML, PrototypicalNetworks, ConvBlocks, MetaTrainer, resolve_jit_compile
-    global estimate_flops, np, build_backbone
+    global estimate_flops, np, build_backbone, resolve_precision, threads
     import keras
     import numpy as np
     import tensorflow as tf
 
+    from metasearch import threads
     from metasearch.api import DatasetOptions, TaskSpec
     from metasearch.data import episodes
     from metasearch.data.glyphs import Glyphs
@@ -59,12 +70,12 @@ def _import_tensorflow() -> None:
     from metasearch.flops import estimate_flops
     from metasearch.plugins.maml import FOMAML, MAML
     from metasearch.plugins.protonet import PrototypicalNetworks
-    from metasearch.precision import build_backbone
+    from metasearch.precision import build_backbone, resolve_precision
     from metasearch.search_spaces.conv_blocks import ConvBlocks
     from metasearch.training import MetaTrainer, resolve_jit_compile
 
 
-PRECISION = "float32"  # --precision
+PRECISION = "float32"  # --precision, resolved
 CONV4_64 = {"depth": 4, "filters": 64, "growth": 1.0, "conv_bias": False}
 N_WAY, K_SHOT, N_QUERY = 5, 1, 15
 PROTONET_TARGET = 15.0
@@ -349,6 +360,21 @@ def matmul_gflops(size: int = 2048, count: int = 10, repeats: int = 3) -> float:
     return best
 
 
+def matmul_peak() -> float:
+    """TensorFlow's fp32 matmul GFLOP/s on every core.
+
+    With one intra-op thread (`--intra_op_threads`, auto for MAML) a matmul
+    runs on one core, so the peak is then measured in a child process at
+    TensorFlow's default threads.
+    """
+    if tf.config.threading.get_intra_op_parallelism_threads() == 0:
+        return matmul_gflops()
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import throughput"
+    code += "; throughput._import_tensorflow(); print(throughput.matmul_gflops())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def flops_per_step() -> dict:
     """Analytic FLOPs of each meta-training step, from metasearch's count of the forward pass."""
     task = TaskSpec(N_WAY, K_SHOT, N_QUERY, (28, 28, 1))
@@ -404,14 +430,16 @@ class Peer:
         self.episodes_npz = os.path.join(folder, "episodes.npz")
         write_peer_episodes(splits, self.episodes_npz)
         self.info = self._run(["check", "matmul"], 1, 1, 1)
-        self.peak = matmul_gflops()
+        self.peak = matmul_peak()
         self.flops = flops_per_step()
         self.runs: dict[str, dict] = {}
 
     def _run(self, steps, count: int, repeats: int, warmup: int) -> dict:
         command = [self.args.peers_python, str(PEERS / "run.py")]
-        command += ["--threads", str(self.threads["intra_op"])]
-        command += ["--interop_threads", str(self.threads["inter_op"])]
+        # PyTorch's default, every core per op: its fastest here (FOMAML 16.5 tasks/s
+        # against 10.4 on one thread), whatever TensorFlow's intra-op setting.
+        command += ["--threads", str(self.threads["cores_available"])]
+        command += ["--interop_threads", str(self.threads["cores_available"])]
         command += ["--episodes_npz", self.episodes_npz]
         command += ["--count", str(count), "--repeats", str(repeats), "--warmup", str(warmup)]
         for step in steps:
@@ -547,20 +575,80 @@ def build_parser() -> argparse.ArgumentParser:
         "else this one), e.g. /work/peers_venv/bin/python",
     )
     parser.add_argument(
+        "--intra_op_threads",
+        type=int,
+        default=0,
+        help="TensorFlow's intra-op threads (metasearch --intra_op_threads); 0: auto, as "
+        "metasearch picks per learner (one for MAML's small ops, every core for ProtoNet)",
+    )
+    parser.add_argument(
         "--precision",
-        choices=("float32", "bfloat16"),
-        default="float32",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
         help="the backbone's precision (metasearch --precision): bfloat16 computes in "
-        "bfloat16 with float32 weights",
+        "bfloat16 with float32 weights; auto: what metasearch picks for image "
+        "classification here (bfloat16 on a CPU with AMX-BF16 and no GPU, else float32)",
     )
     return parser
+
+
+def configure_threads(args, section: str) -> int:
+    """Sets TensorFlow's intra-op threads for `section` as metasearch would; returns them.
+
+    Before any TensorFlow op runs: the pools are fixed when TensorFlow starts,
+    so `--only all` times each section in a process of its own (`run_sections`).
+    """
+    learner = PrototypicalNetworks if section == "protonet" else MAML
+    images = N_WAY * max(K_SHOT, N_QUERY)
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    count = threads.resolve_intra_op_threads(args.intra_op_threads, learner.STEP_OPS, images, gpus)
+    return threads.configure(count, explicit=True)
+
+
+def run_sections(argv: list[str]) -> dict:
+    """`--only all`: ProtoNet and MAML, each timed in a child process of its own, merged.
+
+    Each child sets TensorFlow's threads for its learner (`configure_threads`).
+    The report is ProtoNet's with MAML's `maml` key; with `--peers`, the
+    `peers` steps of both, each with its own threads and load averages.
+    """
+    reports = {}
+    for section in ("protonet", "maml"):
+        command = [sys.executable, __file__, *argv, "--only", section]
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            sys.exit(f"throughput.py --only {section} failed (exit status {done.returncode})")
+        reports[section] = json.loads(done.stdout)
+    report = reports["protonet"]
+    report["maml"] = reports["maml"]["maml"]
+    report["intra_op_threads"] = {k: r["intra_op_threads"] for k, r in reports.items()}
+    report["load_average_1_5_15_min"] = {
+        "before": reports["protonet"]["load_average_1_5_15_min"]["before"],
+        "after": reports["maml"]["load_average_1_5_15_min"]["after"],
+    }
+    if "peers" in report:
+        maml_peers = reports["maml"]["peers"]
+        report["peers"]["steps"].update(maml_peers["steps"])
+        for key in ("threads", "load_average_1_5_15_min", "quiet_before", "matmul_gflops_fp32"):
+            report["peers"][key] = {k: r["peers"][key] for k, r in reports.items()}
+    return report
 
 
 def main():
     global PRECISION
     args = build_parser().parse_args()
-    PRECISION = args.precision
+    if args.only == "all":
+        argv, rest = [], iter(sys.argv[1:])
+        for arg in rest:
+            if arg == "--only":
+                next(rest, None)  # its value
+            elif not arg.startswith("--only="):
+                argv.append(arg)
+        print(json.dumps(run_sections(argv), indent=2))
+        return
     _import_tensorflow()
+    PRECISION = resolve_precision(args.precision)  # the default mode: as metasearch picks
+    intra_op_threads = configure_threads(args, args.only)
     splits = Glyphs(DatasetOptions(None, 28, 0, {"classes": 300})).load()
     load_before = os.getloadavg()
     report = {
@@ -569,15 +657,17 @@ def main():
         "machine": platform.machine(),
         "tensorflow": tf.__version__,
         "precision": PRECISION,
+        "precision_setting": args.precision,
+        "intra_op_threads": intra_op_threads,
     }
     with tempfile.TemporaryDirectory(prefix="metasearch_peers_") as folder:
         peer = Peer(args, splits, folder) if args.peers else None
         first_losses = {} if peer else None
-        if args.only in ("all", "protonet"):
+        if args.only == "protonet":
             report.update(protonet(splits, args, first_losses))
             if peer:
                 peer.time(["protonet"], args.episodes, PROTONET_WARMUP)
-        if args.only in ("all", "maml"):
+        else:
             report["maml"] = maml(splits, args, first_losses)
             if peer:
                 peer.time(["maml", "fomaml"], args.maml_tasks, args.warmup)
