@@ -30,13 +30,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-from metasearch import registry  # noqa: E402
+from metasearch import registry, threads  # noqa: E402
 from metasearch.api import DatasetOptions, TaskSpec  # noqa: E402
 from metasearch.data import episodes  # noqa: E402
 from metasearch.data.glyphs import Glyphs  # noqa: E402
 from metasearch.data.omniglot import load_characters  # noqa: E402
-from metasearch.precision import build_backbone  # noqa: E402
+from metasearch.precision import build_backbone, resolve_precision  # noqa: E402
 from metasearch.search_spaces.conv_blocks import ConvBlocks  # noqa: E402
 from metasearch.testing import sample_configs  # noqa: E402
 from metasearch.training import MetaTrainer, resolve_jit_compile  # noqa: E402
@@ -100,9 +101,17 @@ def main():
     )
     parser.add_argument(
         "--precision",
-        choices=("float32", "bfloat16"),
-        default="float32",
-        help="the backbone's precision (metasearch --precision)",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="the backbone's precision (metasearch --precision; auto: what a search picks "
+        "here, bfloat16 on a CPU with AMX-BF16 and no GPU)",
+    )
+    parser.add_argument(
+        "--intra_op_threads",
+        type=int,
+        default=0,
+        help="TensorFlow's intra-op threads (metasearch --intra_op_threads; 0: auto, as a "
+        "search picks for the plugin and these episodes)",
     )
     parser.add_argument("--train_on", choices=("small1", "glyphs"), default="small1")
     parser.add_argument("--train_n_way", type=int, default=20)
@@ -128,6 +137,15 @@ def main():
     )
     parser.add_argument("--jit_compile", default="auto")
     args = parser.parse_args()
+    # The default mode, as a search picks it; threads before any TensorFlow op runs.
+    plugin = registry.load("plugin", args.plugin)
+    args.precision = resolve_precision(args.precision)
+    images = args.train_n_way * max(args.k_shot, args.n_query)
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    intra_op_threads = threads.configure(
+        threads.resolve_intra_op_threads(args.intra_op_threads, plugin.STEP_OPS, images, gpus),
+        explicit=True,
+    )
 
     size = args.image_size
     if args.train_on == "glyphs":
@@ -145,7 +163,6 @@ def main():
     keras.utils.set_random_seed(args.seed)
     task = TaskSpec(args.train_n_way, args.k_shot, args.n_query, (size, size, 1))
     architecture = {"depth": 4, "filters": args.filters, "growth": 1.0, "conv_bias": False}
-    plugin = registry.load("plugin", args.plugin)
     plugin_config = {**sample_configs(plugin, 1)[0], **json.loads(args.plugin_config)}
     if args.plugin == "protonet" and args.plugin_config == "{}":
         plugin_config.update(metric="sqeuclidean", embedding_dim=0)
@@ -206,6 +223,7 @@ def main():
                 },
                 "jit_compile": jit,
                 "precision": args.precision,
+                "intra_op_threads": intra_op_threads,
                 "train_seconds": train_seconds,
                 "results": results,
                 **targets(args, results),

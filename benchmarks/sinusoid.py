@@ -50,7 +50,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from metasearch import registry  # noqa: E402
+from metasearch import registry, threads  # noqa: E402
 from metasearch.api import DatasetOptions, TaskSpec  # noqa: E402
 from metasearch.data import episodes  # noqa: E402
 from metasearch.data.sinusoid import Sinusoid  # noqa: E402
@@ -229,8 +229,8 @@ def comparisons(results: dict) -> dict:
     return found
 
 
-def device_description(jit: bool) -> dict:
-    """What the benchmark ran on."""
+def device_description(jit: bool, intra_op_threads: int = 0) -> dict:
+    """What the benchmark ran on (intra-op threads 0: TensorFlow's default)."""
     gpus = tf.config.list_physical_devices("GPU")
     return {
         "gpus": [
@@ -240,6 +240,7 @@ def device_description(jit: bool) -> dict:
         "cpu_count": os.cpu_count(),
         "tensorflow": tf.__version__,
         "jit_compile": jit,
+        "intra_op_threads": intra_op_threads,
     }
 
 
@@ -257,6 +258,13 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jit_compile", default="auto")
     parser.add_argument(
+        "--intra_op_threads",
+        type=int,
+        default=0,
+        help="TensorFlow's intra-op threads (metasearch --intra_op_threads); 0: auto, one "
+        "per op when every plugin timed is of small ops (the MAML family), as a search picks",
+    )
+    parser.add_argument(
         "--configs", type=json.loads, default={}, help='JSON {"plugin": {config overrides}}'
     )
     args = parser.parse_args()
@@ -269,6 +277,17 @@ def main():
     if unknown:
         parser.error(f"unknown or classification-only plugins {unknown}; known: {known}")
 
+    # Before any TensorFlow op runs; the thread pools serve every plugin of this process.
+    step_ops = {registry.load("plugin", name).STEP_OPS for name in args.plugins}
+    intra_op_threads = threads.configure(
+        threads.resolve_intra_op_threads(
+            args.intra_op_threads,
+            "small" if step_ops == {"small"} else "large",
+            max(args.k_shots),  # K support and K query points a task
+            len(tf.config.list_physical_devices("GPU")),
+        ),
+        explicit=True,
+    )
     jit = resolve_jit_compile(args.jit_compile)
     data = Sinusoid(DatasetOptions(None, 28, args.seed, {}))
     data.load()
@@ -303,7 +322,7 @@ def main():
                         f"K support + {TEST_QUERY_POINTS} query points, MSE after 0, 1, 10 steps",
                         "seed": args.seed,
                     },
-                    "device": device_description(jit),
+                    "device": device_description(jit, intra_op_threads),
                     "results": results,
                     "comparisons": compared,
                     "targets": {
