@@ -16,7 +16,7 @@ configuration so a rerun repeats it), to bfloat16 for image classification
 on a CPU that multiplies bfloat16 natively (AMX-BF16, `native_bfloat16_cpu`)
 and no GPU, and to float32 everywhere else: regression (small MLPs, where
 bfloat16 saves nothing and costs precision), GPUs (not measured yet) and
-CPUs without AMX (measured: no gain). Speed and accuracy are measured by
+CPUs without AMX (not measured). Speed and accuracy are measured by
 benchmarks/throughput.py, benchmarks/omniglot_small.py and
 benchmarks/sinusoid.py; runs recorded before `auto` could mean bfloat16
 keep float32 (`LEGACY_AUTO`).

@@ -72,12 +72,15 @@ def configure_run(config) -> int:
         return tf.config.threading.get_intra_op_parallelism_threads()
     plugin = registry.load("plugin", config.plugin, "plugin")
     dataset = registry.load("dataset", config.dataset, "dataset")
-    threads = resolve_intra_op_threads(
-        config.intra_op_threads,
-        plugin.STEP_OPS,
-        episode_images(config, dataset.kind == REGRESSION),
-        len(tf.config.list_physical_devices("GPU")),
-    )
+    try:
+        threads = resolve_intra_op_threads(
+            config.intra_op_threads,
+            plugin.STEP_OPS,
+            episode_images(config, dataset.kind == REGRESSION),
+            len(tf.config.list_physical_devices("GPU")),
+        )
+    except ValueError as error:  # the plugin's declaration
+        raise UsageError(f"--plugin={config.plugin}: {error}") from None
     return configure(threads, explicit=bool(config.intra_op_threads))
 
 

@@ -104,10 +104,20 @@ def test_fused_batch_norm_on_bfloat16_activations_matches_float32_keras(training
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("plugin", ["protonet", "maml"])
-def test_bfloat16_learners_train_compile_with_xla_and_export_exactly(plugin, tmp_path):
+@pytest.mark.parametrize(
+    "plugin, space",
+    [
+        ("protonet", "conv_blocks"),
+        ("maml", "conv_blocks"),
+        # `auto` is bfloat16 for every image search on an AMX CPU: each image space too.
+        ("protonet", "fabric"),
+        ("protonet", "nasnet"),
+        ("protonet", "nasbench201"),
+    ],
+)
+def test_bfloat16_learners_train_compile_with_xla_and_export_exactly(plugin, space, tmp_path):
     task = testing.tiny_task()
-    learner = testing.build_learner(plugin, "conv_blocks", task, precision="bfloat16")
+    learner = testing.build_learner(plugin, space, task, precision="bfloat16")
     first, last = testing.check_trains(learner, task)
     assert last < first
     episode = testing.tiny_episode(task)

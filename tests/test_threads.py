@@ -59,6 +59,15 @@ def test_every_registered_plugin_declares_its_step_and_the_maml_family_is_small_
     assert declared["learned_optimizer"] == "large"
 
 
+def test_a_plugin_that_declares_an_unknown_step_is_refused_naming_it(monkeypatch):
+    from metasearch import threads
+
+    maml = registry.load("plugin", "maml")
+    monkeypatch.setattr(maml, "STEP_OPS", "tiny")
+    with pytest.raises(UsageError, match=r"^--plugin=maml: STEP_OPS must be one of"):
+        threads.configure_run(RunConfig(plugin="maml"))
+
+
 def test_the_setting_is_checked_and_is_not_part_of_the_identity(tmp_path):
     with pytest.raises(UsageError, match=r"^--intra_op_threads=-2: must be 0 \(auto\)"):
         RunConfig(intra_op_threads=-2)
