@@ -30,7 +30,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from metasearch import registry, threads  # noqa: E402
 from metasearch.api import DatasetOptions, TaskSpec  # noqa: E402
@@ -141,11 +140,7 @@ def main():
     plugin = registry.load("plugin", args.plugin)
     args.precision = resolve_precision(args.precision)
     images = args.train_n_way * max(args.k_shot, args.n_query)
-    gpus = len(tf.config.list_physical_devices("GPU"))
-    intra_op_threads = threads.configure(
-        threads.resolve_intra_op_threads(args.intra_op_threads, plugin.STEP_OPS, images, gpus),
-        explicit=True,
-    )
+    intra_op_threads = threads.configure_for(args.intra_op_threads, plugin.STEP_OPS, images)
 
     size = args.image_size
     if args.train_on == "glyphs":

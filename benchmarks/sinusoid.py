@@ -279,14 +279,10 @@ def main():
 
     # Before any TensorFlow op runs; the thread pools serve every plugin of this process.
     step_ops = {registry.load("plugin", name).STEP_OPS for name in args.plugins}
-    intra_op_threads = threads.configure(
-        threads.resolve_intra_op_threads(
-            args.intra_op_threads,
-            "small" if step_ops == {"small"} else "large",
-            max(args.k_shots),  # K support and K query points a task
-            len(tf.config.list_physical_devices("GPU")),
-        ),
-        explicit=True,
+    intra_op_threads = threads.configure_for(
+        args.intra_op_threads,
+        "small" if step_ops == {"small"} else "large",
+        max(args.k_shots),  # K support and K query points a task
     )
     jit = resolve_jit_compile(args.jit_compile)
     data = Sinusoid(DatasetOptions(None, 28, args.seed, {}))

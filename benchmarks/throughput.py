@@ -611,9 +611,7 @@ def configure_threads(args, section: str) -> int:
     """
     learner = PrototypicalNetworks if section == "protonet" else MAML
     images = N_WAY * max(K_SHOT, N_QUERY)
-    gpus = len(tf.config.list_physical_devices("GPU"))
-    count = threads.resolve_intra_op_threads(args.intra_op_threads, learner.STEP_OPS, images, gpus)
-    return threads.configure(count, explicit=True)
+    return threads.configure_for(args.intra_op_threads, learner.STEP_OPS, images)
 
 
 def run_sections(argv: list[str]) -> dict:

@@ -37,7 +37,7 @@ from metasearch.config import (
 )
 from metasearch.data.episodes import VAL_STREAM, EvaluationEpisodes
 from metasearch.errors import DamagedFileError, UsageError
-from metasearch.precision import LEGACY_AUTO, resolve_precision
+from metasearch.precision import LEGACY_AUTO, recorded_precision, resolve_precision
 from metasearch.rundir import CONFIG_FILE, DAMAGED, DATASET_FILE, FLAGS_FILE, RunDir
 from metasearch.tasks import TaskData, TaskKind, kind_of
 from metasearch.training import count_parameters, resolve_jit_compile
@@ -323,8 +323,8 @@ class Job:
         # A setting newer than the run ran at its default then: compare with the default.
         defaults = json.loads(json.dumps(RunConfig().identity()))
         previous = {**{k: v for k, v in defaults.items() if k not in previous}, **previous}
-        if previous.get("precision") == "auto" and current.get("precision") != "auto":
-            previous["precision"] = LEGACY_AUTO  # recorded before `auto` was resolved
+        if current.get("precision") != "auto":  # `auto` recorded before it was resolved
+            previous["precision"] = recorded_precision(previous)
         if previous != current:
             raise UsageError(
                 f"--output_dir: {config.output_dir} holds a run with a different configuration "

@@ -72,16 +72,22 @@ def configure_run(config) -> int:
         return tf.config.threading.get_intra_op_parallelism_threads()
     plugin = registry.load("plugin", config.plugin, "plugin")
     dataset = registry.load("dataset", config.dataset, "dataset")
+    images = episode_images(config, dataset.kind == REGRESSION)
     try:
-        threads = resolve_intra_op_threads(
-            config.intra_op_threads,
-            plugin.STEP_OPS,
-            episode_images(config, dataset.kind == REGRESSION),
-            len(tf.config.list_physical_devices("GPU")),
-        )
+        return configure_for(config.intra_op_threads, plugin.STEP_OPS, images)
     except ValueError as error:  # the plugin's declaration
         raise UsageError(f"--plugin={config.plugin}: {error}") from None
-    return configure(threads, explicit=bool(config.intra_op_threads))
+
+
+def configure_for(setting: int, step_ops: str, images: int) -> int:
+    """Resolves `setting` for a step of `step_ops` on `images`-example passes, here, and sets it.
+
+    `configure` with this machine's GPUs counted; returns the count in use.
+    A nonzero `setting` is explicit.
+    """
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    threads = resolve_intra_op_threads(setting, step_ops, images, gpus)
+    return configure(threads, explicit=bool(setting))
 
 
 def resolve_intra_op_threads(setting: int, step_ops: str, images: int, gpus: int) -> int:
